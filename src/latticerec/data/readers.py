@@ -11,6 +11,7 @@ Every problem is reported as a :class:`~latticerec.errors.DataError` naming the 
 from __future__ import annotations
 
 import json
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ from latticerec.errors import DataError
 USER_COLUMNS = ("userID", "user_id", "user")
 ITEM_COLUMNS = ("itemID", "item_id", "item")
 LABEL_COLUMNS = ("x_label", "label", "split")
+MAX_ID = 2**40  # ids beyond this would make (user, item) keys overflow int64
 LATTICE_SPLIT_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
 
 
@@ -75,13 +77,15 @@ def _parse_int(token: str, path: Path, lineno: int, column: str) -> int:
         value = int(as_float)
     if value < 0:
         raise DataError(f"{path}, line {lineno}: {column} {value} is negative")
+    if value >= MAX_ID:
+        raise DataError(f"{path}, line {lineno}: {column} {value} is too large (ids must be < 2**40)")
     return value
 
 
 def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Parse an MMRec ``.inter`` TSV; returns (users, items, labels, line numbers)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as exc:
         raise DataError(f"{path}: not UTF-8 text ({exc})") from None
     lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
@@ -142,7 +146,7 @@ def read_features(folder: Path, n_items: int | None) -> tuple[dict[str, np.ndarr
     rows = {a.shape[0] if a.ndim else -1 for _, a in raw.values()}
     if n_items is None and raw:
         if len(rows) > 1:
-            detail = ", ".join(f"{f.name}: {a.shape[0]}" for f, a in raw.values())
+            detail = ", ".join(f"{f.name}: {a.shape[0] if a.ndim else 'a scalar'}" for f, a in raw.values())
             raise DataError(f"{folder}: feature files disagree on the number of items ({detail})")
         n_items = rows.pop()
     feats = {}
@@ -180,8 +184,22 @@ def read_mmrec(folder: str | Path) -> Dataset:
     splits = [interactions_to_csr(users[labels == k], items[labels == k], n_users, n_items)
               for k in range(3)]
     validate_splits(*splits, where=str(path))
+    graphs = read_item_graphs(folder, n_items)
     return Dataset(name=path.stem, train=splits[0], valid=splits[1], test=splits[2],
-                   features=features, source=str(folder))
+                   features=features, item_graphs=graphs, source=str(folder))
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
 
 
 def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -189,9 +207,13 @@ def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not path.exists():
         raise DataError(f"{path}: missing split file")
     try:
-        obj = json.loads(path.read_text(encoding="utf-8"))
+        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
+    except _DuplicateKey as exc:
+        raise DataError(f"{path}: user key {exc.args[0]!r} appears twice (one list per user)") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object mapping user id to a list of item ids")
     users, items, where = [], [], []
@@ -200,9 +222,11 @@ def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             u = int(key)
         except ValueError:
             raise DataError(f"{path}: entry {n}: user key {key!r} is not an integer id") from None
-        if u < 0:
-            raise DataError(f"{path}: entry {n}: user id {u} is negative")
-        if not isinstance(value, list) or not all(isinstance(v, int) and v >= 0 for v in value):
+        if not 0 <= u < MAX_ID:
+            raise DataError(f"{path}: entry {n}: user id {u} is negative or too large")
+        if not isinstance(value, list) or not all(
+            type(v) is int and 0 <= v < MAX_ID for v in value
+        ):
             raise DataError(f"{path}: entry {n} (user {key}): expected a list of non-negative item ids")
         users.extend([u] * len(value))
         items.extend(value)
@@ -244,13 +268,16 @@ def read_item_graphs(folder: Path, n_items: int) -> dict[str, np.ndarray]:
     """Precomputed item-item graphs: ``item_knn*.npz`` holding ``(E, 2)`` (item, neighbour) arrays."""
     graphs: dict[str, np.ndarray] = {}
     for f in sorted(folder.glob("item_knn*.npz")):
-        with np.load(f, allow_pickle=False) as z:
-            for name in z.files:
-                pairs = np.asarray(z[name])
-                where = f"{f}: graph {name!r}"
-                if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
-                    raise DataError(f"{where}: expected an (E, 2) integer array of item pairs")
-                if pairs.size and (pairs.min() < 0 or pairs.max() >= n_items):
-                    raise DataError(f"{where}: item ids must lie in [0, {n_items})")
-                graphs[name] = pairs.astype(np.int64)
+        try:
+            with np.load(f, allow_pickle=False) as z:
+                arrays = {name: np.asarray(z[name]) for name in z.files}
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+            raise DataError(f"{f}: cannot read as a .npz archive of item pairs ({exc})") from None
+        for name, pairs in arrays.items():
+            where = f"{f}: graph {name!r}"
+            if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):
+                raise DataError(f"{where}: expected an (E, 2) integer array of item pairs")
+            if pairs.size and (pairs.min() < 0 or pairs.max() >= n_items):
+                raise DataError(f"{where}: item ids must lie in [0, {n_items})")
+            graphs[name] = pairs.astype(np.int64)
     return graphs
