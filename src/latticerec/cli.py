@@ -129,6 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--user", required=True, help="user id as in the dataset files")
     r.add_argument("-k", type=int, default=20)
     r.set_defaults(func=cmd_recommend)
+
+    from latticerec.data.commands import add_data_parser
+
+    add_data_parser(sub)
     return parser
 
 
