@@ -58,7 +58,8 @@ def test_loss_falls_and_model_learns_the_blocks(name, blocks):
     # each user's held-out item is one of ~8 remaining block items among 30 - 8 unseen:
     # random ranking gives Recall@10 ≈ 10/22; learning the blocks gives ≈ 1
     assert result["test"]["recall@10"] > 0.8
-    assert result["test"]["recall@10"] > before["recall@10"] + 0.2
+    # content-based models already rank by block before training (the kNN graph is the blocks)
+    assert result["test"]["recall@10"] > min(before["recall@10"] + 0.2, 0.99)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

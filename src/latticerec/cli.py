@@ -30,7 +30,9 @@ def _default_out(model: str, data: str) -> Path:
 def cmd_train(args) -> int:
     from latticerec.config import parse_overrides
     from latticerec.data.readers import load_dataset
+    from latticerec.graphs.cache import KnnGraphCache
     from latticerec.io import atomic_write_json
+    from latticerec.models.registry import get_model_class
     from latticerec.serve.runs import METRICS, RUN_CONFIG
     from latticerec.train.build import build_model, resolve_config, resolve_device
     from latticerec.train.trainer import fit
@@ -40,6 +42,10 @@ def cmd_train(args) -> int:
         overrides["epochs"] = args.epochs
     if args.seed is not None:
         overrides["seed"] = args.seed
+    if args.backbone is not None:
+        if not getattr(get_model_class(args.model), "wraps_backbone", False):
+            raise LatticeRecError(f"--backbone: model {args.model!r} does not wrap a backbone")
+        overrides["backbone"] = args.backbone
     run = resolve_config(args.model, overrides)
     device = resolve_device(args.device)
     out = Path(args.out) if args.out else _default_out(args.model, args.data)
@@ -52,7 +58,7 @@ def cmd_train(args) -> int:
             raise LatticeRecError(f"--resume: the options differ from the run saved in {out}; "
                                   "give the same --model/--data/--set as the original run")
     dataset = load_dataset(args.data)
-    model = build_model(run, dataset, device)
+    model = build_model(run, dataset, device, KnnGraphCache(args.cache_dir))
     meta = {"model": args.model, "data": data_spec, "config": run.to_dict()}
     atomic_write_json(out / RUN_CONFIG, meta)
     print(f"{args.model} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
@@ -100,7 +106,7 @@ def cmd_recommend(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from latticerec.models.registry import MODELS
+    from latticerec.models.registry import BACKBONES, MODELS
 
     parser = argparse.ArgumentParser(prog="latticerec", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -108,6 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model, evaluate it, write DIR/metrics.json")
     t.add_argument("--model", required=True, choices=sorted(MODELS))
     t.add_argument("--data", default="synthetic", help="dataset folder or 'synthetic'")
+    t.add_argument("--backbone", choices=sorted(BACKBONES),
+                   help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")
     t.add_argument("--seed", type=int)
     t.add_argument("--epochs", type=int)
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
@@ -116,6 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", default="cpu", help="cpu or cuda")
     t.add_argument("--resume", action="store_true", help="continue the run in --out")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
+    t.add_argument("--cache-dir", help="where initial kNN graphs are cached "
+                   "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")
     t.set_defaults(func=cmd_train)
 
     e = sub.add_parser("evaluate", help="re-evaluate a saved run on valid and test")

@@ -14,11 +14,13 @@ Models receive sizes and tensors (:class:`ModelInputs`), never a dataset object 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
+from latticerec.graphs.knn import knn_graph
 from latticerec.models.losses import bpr_loss, l2_regularizer
 
 
@@ -31,6 +33,8 @@ class ModelInputs:
     train: torch.Tensor  # users x items binary interactions, sparse CSR
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (n_items, d_m)
     item_graphs: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> sparse (I x I)
+    # (features, k) -> the normalised kNN graph of eq. 1-3; the trainer passes a disk-cached one
+    knn_graph: Callable[[torch.Tensor, int], torch.Tensor] = knn_graph
 
 
 class Recommender(nn.Module):

@@ -7,18 +7,28 @@ from __future__ import annotations
 
 from latticerec.errors import ConfigError
 from latticerec.models.backbones import MF, NGCF, LightGCN
+from latticerec.models.lattice import Lattice
 
 MODELS = {
     "mf": MF,
     "lightgcn": LightGCN,
     "ngcf": NGCF,
+    "lattice": Lattice,
 }
 
+# backbones a multimodal model (a class with ``wraps_backbone = True``) can wrap
 BACKBONES = {
     "mf": MF,
     "lightgcn": LightGCN,
     "ngcf": NGCF,
 }
+
+
+def get_backbone_class(name: str):
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ConfigError(f"unknown backbone {name!r}; available: {', '.join(BACKBONES)}") from None
 
 
 def get_model_class(name: str):

@@ -10,9 +10,11 @@ import torch
 
 from latticerec.config import TrainConfig, make_config, split_overrides, to_dict
 from latticerec.data.dataset import Dataset
+from latticerec.graphs.cache import KnnGraphCache
+from latticerec.graphs.knn import knn_graph, pairs_graph
 from latticerec.graphs.sparse import to_torch_csr
 from latticerec.models.base import ModelInputs, Recommender
-from latticerec.models.registry import get_model_class
+from latticerec.models.registry import get_backbone_class, get_model_class
 
 
 @dataclass(frozen=True)
@@ -22,27 +24,53 @@ class RunConfig:
     model: str
     model_config: Any
     train: TrainConfig
+    backbone_config: Any = None  # for models that wrap a backbone
 
     def to_dict(self) -> dict:
-        return {"model": self.model, "model_config": to_dict(self.model_config),
-                "train": to_dict(self.train)}
+        out = {"model": self.model, "model_config": to_dict(self.model_config),
+               "train": to_dict(self.train)}
+        if self.backbone_config is not None:
+            out["backbone_config"] = to_dict(self.backbone_config)
+        return out
+
+
+def _backbone_name(cls, values: dict[str, Any]) -> str | None:
+    if not getattr(cls, "wraps_backbone", False):
+        return None
+    name = str(values.get("backbone", cls.Config.backbone))
+    get_backbone_class(name)  # a clear error for an unknown backbone
+    return name
 
 
 def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Route each override to the training or the model config; unknown keys are errors."""
+    """Route each override to the training, model or backbone config; unknown keys are errors."""
     cls = get_model_class(model)
-    train_values, model_values = split_overrides(dict(overrides or {}), TrainConfig, cls.Config)
+    values = dict(overrides or {})
+    backbone = _backbone_name(cls, values)
+    if backbone is None:
+        train_values, model_values = split_overrides(values, TrainConfig, cls.Config)
+        backbone_cfg = None
+    else:
+        bcls = get_backbone_class(backbone)
+        train_values, model_values, backbone_values = split_overrides(
+            values, TrainConfig, cls.Config, bcls.Config)
+        backbone_cfg = make_config(bcls.Config, backbone_values, where=f"backbone {backbone}")
     return RunConfig(model=model,
                      model_config=make_config(cls.Config, model_values, where=f"model {model}"),
-                     train=make_config(TrainConfig, train_values, where="training"))
+                     train=make_config(TrainConfig, train_values, where="training"),
+                     backbone_config=backbone_cfg)
 
 
 def config_from_dict(saved: dict) -> RunConfig:
     """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (a saved run)."""
     cls = get_model_class(saved["model"])
-    return RunConfig(model=saved["model"],
-                     model_config=make_config(cls.Config, saved["model_config"]),
-                     train=make_config(TrainConfig, saved["train"]))
+    model_cfg = make_config(cls.Config, saved["model_config"])
+    backbone_cfg = None
+    if saved.get("backbone_config") is not None:
+        backbone_cfg = make_config(get_backbone_class(model_cfg.backbone).Config,
+                                   saved["backbone_config"])
+    return RunConfig(model=saved["model"], model_config=model_cfg,
+                     train=make_config(TrainConfig, saved["train"]), backbone_config=backbone_cfg)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -53,17 +81,30 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def model_inputs(dataset: Dataset, device: torch.device | str = "cpu") -> ModelInputs:
-    """Sizes and tensors from a dataset: what a model is allowed to see."""
+def model_inputs(dataset: Dataset, device: torch.device | str = "cpu",
+                 graph_cache: KnnGraphCache | None = None) -> ModelInputs:
+    """Sizes and tensors from a dataset: what a model is allowed to see. Precomputed item graphs
+    become normalised CSR tensors; kNN graphs of features come from ``graph_cache`` (on disk) when
+    given, else are built in memory."""
+    n_items = dataset.n_items
     return ModelInputs(
         n_users=dataset.n_users,
-        n_items=dataset.n_items,
+        n_items=n_items,
         train=to_torch_csr(dataset.train, device=device),
-        features={m: torch.as_tensor(f, device=device) for m, f in dataset.features.items()},
+        features={m: torch.as_tensor(f, device=device).float() for m, f in dataset.features.items()},
+        item_graphs={g: pairs_graph(torch.as_tensor(p, device=device), n_items)
+                     for g, p in dataset.item_graphs.items()},
+        knn_graph=graph_cache if graph_cache is not None else knn_graph,
     )
 
 
-def build_model(run: RunConfig, dataset: Dataset, device: torch.device | str = "cpu") -> Recommender:
+def build_model(run: RunConfig, dataset: Dataset, device: torch.device | str = "cpu",
+                graph_cache: KnnGraphCache | None = None) -> Recommender:
+    """The model of ``run`` on ``dataset``; a wrapping model gets its backbone built first."""
     torch.manual_seed(run.train.seed)  # initial weights are a function of the seed
     cls = get_model_class(run.model)
-    return cls.from_inputs(run.model_config, model_inputs(dataset, device)).to(device)
+    inputs = model_inputs(dataset, device, graph_cache)
+    if run.backbone_config is None:
+        return cls.from_inputs(run.model_config, inputs).to(device)
+    backbone = get_backbone_class(run.model_config.backbone).from_inputs(run.backbone_config, inputs)
+    return cls.from_inputs(run.model_config, inputs, backbone).to(device)

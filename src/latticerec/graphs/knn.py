@@ -1,0 +1,156 @@
+"""Item-item kNN graphs from content features (LATTICE / MICRO section 3.1, MM-GEF eq. 1-2).
+
+Equation numbers refer to the MICRO paper (TKDE), whose section 3.1 is LATTICE's graph learner:
+
+* eq. 1  ``S_ij = e_iᵀ e_j / (‖e_i‖ ‖e_j‖)``: cosine similarity, negative entries suppressed to 0;
+* eq. 2  ``Ŝ_ij = S_ij`` if ``S_ij`` is among the top-k of row ``i``, else 0 (a directed graph);
+* eq. 3  ``S̃ = D^-1/2 Ŝ D^-1/2`` with ``D_ii = Σ_j Ŝ_ij``;
+* eq. 5  ``A = λ S̃ + (1 - λ) Ã``: the skip connection between the initial and the learned graph.
+
+Similarities are computed in row chunks: an ``N x N`` matrix is never held, only ``chunk x N``.
+Graphs are torch sparse CSR tensors with exactly ``k`` stored entries per row (before
+normalisation; entries whose similarity was suppressed to 0 stay stored with value 0 so the shape
+of the graph is fixed). Ties are broken towards the lower column index, so the graph is a
+deterministic function of the features.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from latticerec.graphs.sparse import csr_from_parts
+
+DEFAULT_CHUNK = 1024
+
+
+def _chunk_rows(n_rows: int, n_cols: int, chunk_size: int | None, budget: int = 64 * 2**20) -> int:
+    """Rows per chunk: the caller's choice, else as many as keep ``chunk x N`` near ``budget`` floats."""
+    if chunk_size is not None:
+        if chunk_size < 1:
+            raise ValueError("chunk_size must be >= 1")
+        return chunk_size
+    return max(1, min(n_rows, budget // max(n_cols, 1), 4096))
+
+
+def _topk_deterministic(sim: torch.Tensor, k: int) -> torch.Tensor:
+    """Column indices ``(rows, k)`` of each row's k largest entries, ties to the lower index."""
+    kth = torch.topk(sim, k, dim=1, sorted=True).values[:, -1:]
+    above = sim > kth
+    need = k - above.sum(dim=1, keepdim=True)  # how many entries equal to the k-th value to keep
+    tie = sim == kth
+    keep = above | (tie & (tie.cumsum(dim=1) <= need))
+    return keep.nonzero()[:, 1].view(sim.shape[0], k)  # nonzero is row-major: columns ascending
+
+
+@torch.no_grad()
+def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
+                progress: bool = False) -> torch.Tensor:
+    """Neighbour indices ``(N, k)`` of the top-k cosine similarities of each row (eq. 1-2).
+
+    The item itself is a candidate (its similarity is 1), as in the LATTICE code. Rows of zeros have
+    similarity 0 to everything and get the k lowest indices.
+    """
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
+    x = F.normalize(features.detach().float(), dim=1)
+    step = _chunk_rows(n, n, chunk_size)
+    out = torch.empty(n, k, dtype=torch.long, device=features.device)
+    starts = range(0, n, step)
+    if progress:
+        starts = tqdm(starts, desc=f"kNN graph ({n} items, k={k})", unit="chunk", leave=False,
+                      disable=None)
+    for start in starts:
+        sim = x[start:start + step] @ x.T
+        out[start:start + step] = _topk_deterministic(sim, k)
+    return out
+
+
+def knn_values(features: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+    """Suppressed cosine similarities ``max(S_ij, 0)`` for the pairs ``(i, neighbours[i, :])`` (eq. 1).
+
+    Differentiable in ``features``: this is how gradients reach the projections of the learned graph.
+    Costs ``O(N k d)``, not ``O(N² d)``.
+    """
+    x = F.normalize(features.float(), dim=1)
+    return torch.relu((x.unsqueeze(1) * x[neighbours]).sum(-1))
+
+
+def symmetric_normalize(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """Values of ``D^-1/2 Ŝ D^-1/2`` (eq. 3) for an ``(N, k)`` graph, by scaling values:
+    ``v_ij / sqrt(d_i d_j)`` with ``d_i = Σ_j Ŝ_ij`` (the row sum) and ``0`` where a degree is 0."""
+    deg = values.sum(dim=1)
+    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+    return values * inv_sqrt.unsqueeze(1) * inv_sqrt[neighbours]
+
+
+def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor, n_cols: int | None = None
+                      ) -> torch.Tensor:
+    """An ``(N, k)`` neighbour list with values as an ``N x n_cols`` sparse CSR tensor.
+
+    Values keep their autograd history, so a product with the result is differentiable in them.
+    Columns are sorted within each row (as CSR requires).
+    """
+    n, k = neighbours.shape
+    cols, order = neighbours.sort(dim=1)
+    vals = values.gather(1, order)
+    crow = torch.arange(0, n * k + 1, k, device=neighbours.device)
+    return csr_from_parts(crow, cols.reshape(-1), vals.reshape(-1), (n, n_cols if n_cols else n))
+
+
+def knn_graph(features: torch.Tensor, k: int = 10, chunk_size: int | None = None,
+              normalize: bool = True) -> torch.Tensor:
+    """The normalised kNN graph ``S̃`` of eq. 1-3 as an ``N x N`` sparse CSR tensor.
+
+    ``features`` may require grad (the learned graph of eq. 4 is ``knn_graph(W e + b)``): the
+    neighbour selection is discrete, the values carry gradients to the features.
+    """
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
+    neighbours = knn_indices(features, k, chunk_size)
+    values = knn_values(features, neighbours)
+    if normalize:
+        values = symmetric_normalize(neighbours, values)
+    return dense_rows_to_csr(neighbours, values)
+
+
+def pairs_graph(pairs: torch.Tensor, n_items: int, normalize: bool = True) -> torch.Tensor:
+    """A precomputed item graph ``(E, 2)`` of (item, neighbour) pairs as a CSR tensor with unit
+    weights, duplicates merged, normalised as eq. 3 (the "graph modality")."""
+    pairs = pairs.long()
+    n = n_items
+    key = torch.unique(pairs[:, 0] * n + pairs[:, 1])  # sorted: row-major, columns ascending
+    rows, cols = key // n, key % n
+    vals = torch.ones(rows.numel(), dtype=torch.float32, device=pairs.device)
+    if normalize:
+        deg = torch.zeros(n, device=pairs.device).index_add_(0, rows, vals)
+        inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
+        vals = vals * inv_sqrt[rows] * inv_sqrt[cols]
+    crow = torch.zeros(n + 1, dtype=torch.long, device=pairs.device)
+    crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
+    return csr_from_parts(crow, cols, vals, (n, n))
+
+
+def skip_connection(initial: torch.Tensor, learned: torch.Tensor, lam: float) -> list[
+        tuple[float, torch.Tensor]]:
+    """Eq. 5, ``A = λ S̃ + (1 - λ) Ã``, kept as weighted terms so the two supports need no merging:
+    ``A @ X = Σ_j w_j (G_j @ X)``. Terms with weight 0 are dropped."""
+    if not 0.0 <= lam <= 1.0:
+        raise ValueError(f"lambda must lie in [0, 1], got {lam}")
+    return [(w, g) for w, g in ((lam, initial), (1.0 - lam, learned)) if w != 0.0]
+
+
+def weighted_spmm(terms: list[tuple[float | torch.Tensor, torch.Tensor]], x: torch.Tensor) -> torch.Tensor:
+    """``(Σ_j w_j G_j) @ X`` computed as ``Σ_j w_j (G_j @ X)``: sparse graphs with different
+    supports are combined without materialising their sum. Differentiable in the weights, in ``X``
+    and in any graph values that carry gradients."""
+    out = None
+    for w, g in terms:
+        y = g @ x
+        y = y * w
+        out = y if out is None else out + y
+    if out is None:
+        raise ValueError("weighted_spmm needs at least one graph term")
+    return out

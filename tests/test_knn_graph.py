@@ -1,0 +1,147 @@
+"""The kNN graph builders of graphs/knn.py against dense references and hand-computed values."""
+
+import numpy as np
+import pytest
+import torch
+
+from latticerec.graphs.cache import KnnGraphCache
+from latticerec.graphs.knn import (
+    knn_graph,
+    knn_indices,
+    pairs_graph,
+    skip_connection,
+    symmetric_normalize,
+    weighted_spmm,
+)
+
+
+def dense_reference(x: np.ndarray, k: int, normalize: bool = True) -> np.ndarray:
+    """Eq. 1-3 transcribed on a dense matrix (ties to the lower index via a stable sort)."""
+    xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+    sim = xn @ xn.T
+    out = np.zeros_like(sim)
+    for i in range(len(x)):
+        top = np.argsort(-sim[i], kind="stable")[:k]
+        out[i, top] = np.maximum(sim[i, top], 0.0)
+    if normalize:
+        d = out.sum(1)
+        inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
+        out = inv[:, None] * out * inv[None, :]
+    return out
+
+
+def test_knn_graph_equals_a_dense_brute_force_reference():
+    x = np.random.default_rng(0).normal(size=(57, 9)).astype(np.float64)
+    for k in (1, 4, 10):
+        got = knn_graph(torch.tensor(x, dtype=torch.float32), k).to_dense().numpy()
+        ref = dense_reference(x, k)
+        np.testing.assert_allclose(got, ref, atol=1e-5)
+        # same sparsity: the kept pairs are the same (compare supports, not just values)
+        unnorm = knn_graph(torch.tensor(x, dtype=torch.float32), k, normalize=False)
+        support = np.zeros_like(ref, dtype=bool)
+        crow, col = unnorm.crow_indices().numpy(), unnorm.col_indices().numpy()
+        for i in range(len(x)):
+            support[i, col[crow[i]:crow[i + 1]]] = True
+        ref_support = np.zeros_like(support)
+        xn = x / np.linalg.norm(x, axis=1, keepdims=True)
+        for i, row in enumerate(xn @ xn.T):
+            ref_support[i, np.argsort(-row, kind="stable")[:k]] = True
+        assert (support == ref_support).all()
+
+
+def test_exactly_k_entries_per_row_before_normalisation():
+    x = torch.randn(40, 5, generator=torch.Generator().manual_seed(1))
+    g = knn_graph(x, 7, normalize=False)
+    assert (g.crow_indices().diff() == 7).all()
+    assert g.values().numel() == 40 * 7
+
+
+def test_chunked_equals_unchunked():
+    x = torch.randn(101, 12, generator=torch.Generator().manual_seed(2))
+    whole = knn_graph(x, 6, chunk_size=1000).to_dense()
+    for chunk in (1, 7, 50, 100):
+        assert torch.equal(knn_graph(x, 6, chunk_size=chunk).to_dense(), whole)
+
+
+def test_symmetric_normalisation_by_hand():
+    # rows: 0 -> {0: 1.0, 1: 0.5}, 1 -> {1: 1.0, 0: 0.5}, 2 -> {2: 1.0, 0: 0.0}
+    nbr = torch.tensor([[0, 1], [1, 0], [2, 0]])
+    val = torch.tensor([[1.0, 0.5], [1.0, 0.5], [1.0, 0.0]])
+    out = symmetric_normalize(nbr, val)
+    d = np.array([1.5, 1.5, 1.0])
+    expected = [[1 / d[0], 0.5 / np.sqrt(d[0] * d[1])],
+                [1 / d[1], 0.5 / np.sqrt(d[1] * d[0])],
+                [1 / d[2], 0.0]]
+    np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6)
+    # a row of zeros has degree 0: its values stay 0 instead of NaN
+    zero = symmetric_normalize(torch.tensor([[0, 1], [1, 0]]), torch.zeros(2, 2))
+    assert torch.equal(zero, torch.zeros(2, 2))
+
+
+def test_negative_similarities_are_suppressed_to_zero():
+    x = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [0.0, 1.0]])
+    g = knn_graph(x, 3, normalize=False).to_dense()
+    assert g[0, 1] == 0 and g[1, 0] == 0  # cosine -1 kept as a stored zero
+    assert g.min() >= 0
+    assert torch.allclose(g.diagonal(), torch.ones(3))
+
+
+def test_ties_go_to_the_lower_index_deterministically():
+    base = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
+    x = base[[0, 0, 0, 0, 1, 1]]  # items 0-3 identical, 4-5 identical
+    nbr = knn_indices(x, 2)
+    assert nbr[:4].tolist() == [[0, 1]] * 4
+    assert nbr[4:].tolist() == [[4, 5]] * 2
+    for chunk in (1, 3):
+        assert torch.equal(knn_indices(x, 2, chunk_size=chunk), nbr)
+
+
+def test_bad_k_is_a_clear_error():
+    with pytest.raises(ValueError, match="knn k=9"):
+        knn_graph(torch.randn(5, 3), 9)
+
+
+def test_gradients_flow_through_the_graph_values_to_the_features():
+    feats = torch.randn(20, 4, requires_grad=True)
+    g = knn_graph(feats, 5)
+    (g @ torch.randn(20, 3)).sum().backward()
+    assert feats.grad is not None and feats.grad.abs().sum() > 0
+
+
+def test_pairs_graph_merges_duplicates_and_normalises():
+    pairs = torch.tensor([[0, 0], [0, 1], [0, 1], [1, 1], [2, 0]])
+    g = pairs_graph(pairs, 4).to_dense().numpy()
+    d = np.array([2.0, 1.0, 1.0, 0.0])
+    ref = np.zeros((4, 4))
+    for i, j in [(0, 0), (0, 1), (1, 1), (2, 0)]:
+        ref[i, j] = 1 / np.sqrt(d[i] * d[j])
+    np.testing.assert_allclose(g, ref, rtol=1e-6)
+
+
+def test_skip_connection_and_weighted_product_equal_the_dense_sum():
+    x = torch.randn(30, 6, generator=torch.Generator().manual_seed(3))
+    s, a = knn_graph(x, 4), knn_graph(x * torch.linspace(0.1, 2, 6), 4)
+    h = torch.randn(30, 5)
+    for lam in (0.0, 0.3, 0.9, 1.0):
+        got = weighted_spmm(skip_connection(s, a, lam), h)
+        ref = (lam * s.to_dense() + (1 - lam) * a.to_dense()) @ h
+        assert torch.allclose(got, ref, atol=1e-6)
+    with pytest.raises(ValueError, match="lambda"):
+        skip_connection(s, a, 1.5)
+
+
+def test_graph_cache_reuses_and_repairs_entries(tmp_path):
+    x = torch.randn(25, 7, generator=torch.Generator().manual_seed(4))
+    cache = KnnGraphCache(tmp_path)
+    first = cache(x, 5)
+    assert cache.misses == 1 and cache.path_for(x, 5).exists()
+    again = cache(x, 5)
+    assert cache.hits == 1
+    assert torch.equal(first.to_dense(), again.to_dense())
+    assert torch.equal(first.to_dense(), knn_graph(x, 5).to_dense())
+    assert cache.path_for(x, 6) != cache.path_for(x, 5)
+    assert cache.path_for(x + 1e-3, 5) != cache.path_for(x, 5)
+    cache.path_for(x, 5).write_bytes(b"truncated")  # a damaged entry is rebuilt, not trusted
+    repaired = cache(x, 5)
+    assert cache.misses == 2 and torch.equal(repaired.to_dense(), first.to_dense())
+    assert not [p for p in (tmp_path / "graphs").iterdir() if p.name.endswith(".tmp")]
