@@ -21,6 +21,8 @@ class Dataset:
     shape ``(n_items, d_m)``. ``item_graphs`` maps a name to a precomputed item-item graph given as an
     ``(E, 2)`` int array of (item, neighbour) pairs. ``user_ids``/``item_ids`` hold the raw id of each
     internal index (as strings), so results can be reported in the ids of the source files.
+    ``cold_items`` maps ``valid``/``test`` to the cold items of a cold-start split (see
+    :mod:`latticerec.data.coldstart`); with ``rank_cold`` evaluation ranks only those items.
     """
 
     name: str
@@ -32,6 +34,13 @@ class Dataset:
     user_ids: np.ndarray | None = None
     item_ids: np.ndarray | None = None
     source: str = ""
+    cold_items: dict[str, np.ndarray] = field(default_factory=dict)
+    rank_cold: bool = True
+
+    def candidates(self, split: str) -> np.ndarray | None:
+        """Items ranked when evaluating ``split``: its cold items in a cold-start split (unless
+        ``rank_cold`` is False), else None (every item)."""
+        return self.cold_items.get(split) if self.rank_cold else None
 
     @property
     def n_users(self) -> int:
@@ -78,6 +87,8 @@ class Dataset:
             "density": n_inter / max(1, self.n_users * self.n_items),
             "features": {m: list(f.shape) for m, f in self.features.items()},
             "item_graphs": {g: int(p.shape[0]) for g, p in self.item_graphs.items()},
+            **({"cold_items": {s: int(len(v)) for s, v in self.cold_items.items()},
+                "rank": "cold" if self.rank_cold else "all"} if self.cold_items else {}),
         }
 
 

@@ -3,6 +3,8 @@
 * MMRec layout: ``<name>.inter`` TSV with a header naming ``userID itemID [rating timestamp] x_label``
   (``x_label`` 0/1/2 = train/valid/test), plus ``<modality>_feat.npy`` (row i = item id i).
 * LATTICE layout: ``5-core/{train,val,test}.json`` (``{"user": [items]}``) plus ``<modality>_feat.npy``.
+* Either layout may carry ``cold_items.json`` (a cold-start split, :mod:`latticerec.data.coldstart`):
+  its cold items become the evaluation candidates of the valid and test splits.
 * ``synthetic``: the built-in generated dataset (see :mod:`latticerec.data.synthetic`).
 
 Every problem is reported as a :class:`~latticerec.errors.DataError` naming the file and line.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from latticerec.data.coldstart import read_cold_items
 from latticerec.data.dataset import (
     Dataset,
     check_features,
@@ -185,8 +188,10 @@ def read_mmrec(folder: str | Path) -> Dataset:
               for k in range(3)]
     validate_splits(*splits, where=str(path))
     graphs = read_item_graphs(folder, n_items)
+    cold, rank = read_cold_items(folder, n_items)
     return Dataset(name=path.stem, train=splits[0], valid=splits[1], test=splits[2],
-                   features=features, item_graphs=graphs, source=str(folder))
+                   features=features, item_graphs=graphs, source=str(folder),
+                   cold_items=cold, rank_cold=rank == "cold")
 
 
 class _DuplicateKey(Exception):
@@ -260,8 +265,10 @@ def read_lattice(folder: str | Path) -> Dataset:
         splits.append(interactions_to_csr(u, i, n_users, n_items))
     validate_splits(*splits, where=str(folder / "5-core"))
     graphs = read_item_graphs(folder, n_items)
+    cold, rank = read_cold_items(folder, n_items)
     return Dataset(name=folder.name, train=splits[0], valid=splits[1], test=splits[2],
-                   features=features, item_graphs=graphs, source=str(folder))
+                   features=features, item_graphs=graphs, source=str(folder),
+                   cold_items=cold, rank_cold=rank == "cold")
 
 
 def read_item_graphs(folder: Path, n_items: int) -> dict[str, np.ndarray]:

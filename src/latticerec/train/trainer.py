@@ -49,15 +49,18 @@ def seed_everything(seed: int) -> None:
 
 
 def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainConfig,
-                   progress: bool = False) -> dict[str, float]:
+                   progress: bool = False, rank_all: bool = False) -> dict[str, float]:
     """Full-ranking metrics on ``split``; training items are masked (and, for the test split, nothing
-    else: validation items count as ordinary unobserved items, as in the LATTICE/MICRO protocol)."""
+    else: validation items count as ordinary unobserved items, as in the LATTICE/MICRO protocol).
+
+    On a cold-start split (``dataset.cold_items``) only the split's cold items are ranked, unless
+    ``rank_all`` (or the dataset's ``rank_cold`` is False)."""
     users, items = model.full_representations()
     bar = (lambda it, total: tqdm(it, total=total, desc=f"eval {split}", leave=False)) if progress \
         else None
     return evaluate_ranking(users, items, dataset.split(split), exclude=[dataset.train],
                             topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
-                            progress=bar)
+                            progress=bar, candidates=None if rank_all else dataset.candidates(split))
 
 
 def _save(out_dir: Path | None, name: str, payload: dict) -> None:
