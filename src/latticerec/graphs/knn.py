@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from latticerec.graphs.sparse import csr_from_parts
+from latticerec.graphs.sparse import GradCSR, csr_from_parts, spmm
 
 DEFAULT_CHUNK = 1024
 
@@ -35,13 +35,26 @@ def _chunk_rows(n_rows: int, n_cols: int, chunk_size: int | None, budget: int = 
 
 
 def _topk_deterministic(sim: torch.Tensor, k: int) -> torch.Tensor:
-    """Column indices ``(rows, k)`` of each row's k largest entries, ties to the lower index."""
-    kth = torch.topk(sim, k, dim=1, sorted=True).values[:, -1:]
-    above = sim > kth
-    need = k - above.sum(dim=1, keepdim=True)  # how many entries equal to the k-th value to keep
-    tie = sim == kth
-    keep = above | (tie & (tie.cumsum(dim=1) <= need))
-    return keep.nonzero()[:, 1].view(sim.shape[0], k)  # nonzero is row-major: columns ascending
+    """Column indices ``(rows, k)`` of each row's k largest entries, ties to the lower index.
+
+    ``topk`` alone leaves the choice among entries equal to the k-th value unspecified; only rows
+    with such a tie (the (k+1)-th largest equals the k-th) take the slower exact path.
+    """
+    m = min(k + 1, sim.shape[1])
+    top = torch.topk(sim, m, dim=1, sorted=True)
+    kth = top.values[:, k - 1:k]
+    # a tie at the boundary exists exactly when the (k+1)-th largest equals the k-th
+    ambiguous = (top.values[:, k] == kth[:, 0]).nonzero().squeeze(1) if m > k else kth[:0, 0].long()
+    out = top.indices[:, :k]
+    if ambiguous.numel():
+        rows, kth_a = sim[ambiguous], kth[ambiguous]
+        above = rows > kth_a
+        need = k - above.sum(dim=1, keepdim=True)  # how many entries equal to the k-th value to keep
+        tie = rows == kth_a
+        keep = above | (tie & (tie.cumsum(dim=1) <= need))
+        out = out.clone()
+        out[ambiguous] = keep.nonzero()[:, 1].view(-1, k)
+    return out.sort(dim=1).values  # a canonical order: columns ascending
 
 
 @torch.no_grad()
@@ -87,17 +100,19 @@ def symmetric_normalize(neighbours: torch.Tensor, values: torch.Tensor) -> torch
 
 
 def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor, n_cols: int | None = None
-                      ) -> torch.Tensor:
+                      ) -> torch.Tensor | GradCSR:
     """An ``(N, k)`` neighbour list with values as an ``N x n_cols`` sparse CSR tensor.
 
-    Values keep their autograd history, so a product with the result is differentiable in them.
+    When the values carry gradients the result is a :class:`GradCSR` (the same CSR plus the
+    differentiable values), whose product with a dense matrix is differentiable in them.
     Columns are sorted within each row (as CSR requires).
     """
     n, k = neighbours.shape
     cols, order = neighbours.sort(dim=1)
-    vals = values.gather(1, order)
+    vals = values.gather(1, order).reshape(-1)
     crow = torch.arange(0, n * k + 1, k, device=neighbours.device)
-    return csr_from_parts(crow, cols.reshape(-1), vals.reshape(-1), (n, n_cols if n_cols else n))
+    csr = csr_from_parts(crow, cols.reshape(-1), vals.detach(), (n, n_cols if n_cols else n))
+    return GradCSR(csr, vals) if vals.requires_grad else csr
 
 
 def knn_graph(features: torch.Tensor, k: int = 10, chunk_size: int | None = None,
@@ -148,8 +163,7 @@ def weighted_spmm(terms: list[tuple[float | torch.Tensor, torch.Tensor]], x: tor
     and in any graph values that carry gradients."""
     out = None
     for w, g in terms:
-        y = g @ x
-        y = y * w
+        y = spmm(g, x) * w
         out = y if out is None else out + y
     if out is None:
         raise ValueError("weighted_spmm needs at least one graph term")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import scipy.sparse as sp
@@ -61,4 +62,58 @@ def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Product of a constant symmetric sparse matrix with a dense matrix, differentiable in ``x``."""
     if x.requires_grad:
         return _SymmetricSpmm.apply(adj, x)
+    return adj @ x
+
+
+class _ValuesSpmm(torch.autograd.Function):
+    """``A @ X`` for a CSR ``A`` whose values require grad, with sparse gradients:
+    ``∂L/∂A_ij = <∂L/∂Y_i, X_j>`` only on the stored entries and ``∂L/∂X = Aᵀ ∂L/∂Y``; torch's own
+    backward for CSR values goes through a dense ``N x N`` gradient."""
+
+    @staticmethod
+    def forward(ctx, crow, col, values, x, n_rows):
+        a = csr_from_parts(crow, col, values.detach(), (n_rows, x.shape[0]))
+        rows = torch.repeat_interleave(torch.arange(n_rows, device=crow.device), crow.diff())
+        ctx.save_for_backward(rows, col, values, x)
+        return a @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        rows, col, values, x = ctx.saved_tensors
+        g_values = g_x = None
+        if ctx.needs_input_grad[2]:
+            g_values = (grad[rows] * x[col]).sum(-1)
+        if ctx.needs_input_grad[3]:
+            g_x = torch.zeros_like(x).index_add_(0, col, grad[rows] * values.detach().unsqueeze(1))
+        return None, None, g_values, g_x, None
+
+
+class GradCSR(NamedTuple):
+    """A CSR matrix whose stored values carry gradients: ``csr`` holds the structure (and detached
+    values), ``values`` the differentiable values in CSR order. ``G @ X`` is differentiable in both
+    ``values`` and ``X`` with sparse gradients (torch's CSR backward goes through an ``N x N`` dense
+    gradient, which is what this avoids)."""
+
+    csr: torch.Tensor
+    values: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.csr.shape
+
+    def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
+        return spmm(self, x)
+
+    def to_dense(self) -> torch.Tensor:
+        return self.csr.to_dense()
+
+    def detach(self) -> torch.Tensor:
+        return self.csr
+
+
+def spmm(adj: torch.Tensor | GradCSR, x: torch.Tensor) -> torch.Tensor:
+    """``adj @ x`` for a sparse CSR tensor or a :class:`GradCSR` (gradients reach its values)."""
+    if isinstance(adj, GradCSR):
+        csr = adj.csr
+        return _ValuesSpmm.apply(csr.crow_indices(), csr.col_indices(), adj.values, x, csr.shape[0])
     return adj @ x
