@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from latticerec.errors import DataError
-from latticerec.io import atomic_write_bytes
+from latticerec.io import _atomic, atomic_write_bytes
 
 U_MAPPING = "u_id_mapping.csv"
 I_MAPPING = "i_id_mapping.csv"
@@ -120,29 +120,36 @@ def k_core(users: np.ndarray, items: np.ndarray, k: int) -> np.ndarray:
         keep = new
 
 
-def _int_column(values: np.ndarray) -> list[str]:
-    return np.asarray(values, dtype=np.int64).astype(str).tolist()
+def _column(values: np.ndarray) -> list:
+    """A column as Python numbers for formatting; floats that are all integral print as ints."""
+    values = np.asarray(values)
+    if np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)):
+        values = values.astype(np.int64)
+    return values.tolist()
+
+
+def iter_inter_lines(users: np.ndarray, items: np.ndarray, labels: np.ndarray,
+                     extra: dict[str, np.ndarray] | None = None, chunk: int = 100_000):
+    """The ``.inter`` TSV (``userID itemID [extra...] x_label``) as encoded blocks of ``chunk`` rows,
+    so a large file is never held in memory as text."""
+    extra = extra or {}
+    yield ("\t".join(["userID", "itemID", *extra, "x_label"]) + "\n").encode()
+    for start in range(0, len(users), chunk):
+        stop = start + chunk
+        cols = [_column(users[start:stop]), _column(items[start:stop]),
+                *(_column(v[start:stop]) for v in extra.values()), _column(labels[start:stop])]
+        yield ("\n".join("\t".join(map(str, row)) for row in zip(*cols, strict=True)) + "\n").encode()
 
 
 def format_inter(users: np.ndarray, items: np.ndarray, labels: np.ndarray,
                  extra: dict[str, np.ndarray] | None = None) -> bytes:
-    """The ``.inter`` TSV text: ``userID itemID [extra...] x_label``, rows in the given order."""
-    cols = {"userID": _int_column(users), "itemID": _int_column(items)}
-    for name, values in (extra or {}).items():
-        values = np.asarray(values)
-        if np.issubdtype(values.dtype, np.floating) and np.all(values == np.round(values)):
-            values = values.astype(np.int64)
-        cols[name] = values.astype(str).tolist()
-    cols["x_label"] = _int_column(labels)
-    buf = io.StringIO()
-    buf.write("\t".join(cols) + "\n")
-    columns = list(cols.values())
-    chunk = 200_000
-    for start in range(0, len(users), chunk):
-        parts = [c[start: start + chunk] for c in columns]
-        buf.write("\n".join(map("\t".join, zip(*parts, strict=True))))
-        buf.write("\n")
-    return buf.getvalue().encode()
+    """The whole ``.inter`` text (see :func:`iter_inter_lines`)."""
+    return b"".join(iter_inter_lines(users, items, labels, extra))
+
+
+def atomic_write_chunks(path: Path, chunks) -> None:
+    """Write an iterable of byte blocks atomically (temporary file, fsync, rename)."""
+    _atomic(Path(path), lambda fh: fh.writelines(chunks))
 
 
 def write_mapping(path: Path, raw_ids: Iterable, header: str, new_header: str) -> None:
@@ -195,7 +202,7 @@ def write_mmrec(out: Path, name: str, users: np.ndarray, items: np.ndarray, labe
     out = Path(out)
     order = np.lexsort((items, labels, users))
     written = [out / f"{name}.inter"]
-    atomic_write_bytes(written[0], format_inter(
+    atomic_write_chunks(written[0], iter_inter_lines(
         users[order], items[order], labels[order],
         {k: np.asarray(v)[order] for k, v in (extra or {}).items()}))
     for modality, feat in (features or {}).items():

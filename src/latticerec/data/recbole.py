@@ -2,15 +2,16 @@
 
 RecBole's ``.inter`` is a TSV whose header names each column with its type, e.g.
 ``user_id:token  item_id:token  rating:float  timestamp:float``. The file is streamed in blocks of
-lines; each row keeps only two int32 codes (and the rating/timestamp as float64), so memory grows with
-the number of interactions and distinct ids, never with the text size. Duplicate (user, item) pairs
+lines (2 MiB); a well-formed block is split into columns without a per-line Python loop and each row
+keeps only two integer codes (and the rating/timestamp as float64), so memory grows with the number
+of interactions and distinct ids, not with the text; a block with a malformed line is re-read line
+by line to report each problem with its line number. Duplicate (user, item) pairs
 keep their first row. Ids are renumbered 0..n-1 in sorted raw-id order (numeric when all ids are
 integers), then split per user with a seed.
 """
 
 from __future__ import annotations
 
-from array import array
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,7 @@ from latticerec.io import atomic_write_json
 
 USER_FIELDS = ("user_id", "userID", "user", "reviewerID")
 ITEM_FIELDS = ("item_id", "itemID", "item", "asin")
-BLOCK_BYTES = 8 << 20
+BLOCK_BYTES = 2 << 20
 
 
 @dataclass
@@ -75,8 +76,7 @@ def read_recbole_inter(path: str | Path, max_bad: float = 0.01, progress: bool =
     bad = BadLines(path, limit=max_bad)
     umap: dict[str, int] = {}
     imap: dict[str, int] = {}
-    ucodes, icodes = array("i"), array("i")
-    ratings, stamps = array("d"), array("d")
+    parts: list[tuple[np.ndarray, ...]] = []
     size = path.stat().st_size
     with open(path, encoding="utf-8-sig", newline="") as fh, \
             tqdm(total=size, unit="B", unit_scale=True, desc=f"read {path.name}",
@@ -86,11 +86,11 @@ def read_recbole_inter(path: str | Path, max_bad: float = 0.01, progress: bool =
             raise DataError(f"{path}, line 1: missing header (e.g. 'user_id:token<TAB>item_id:token')")
         cols = parse_header(header, path)
         names = [c[0] for c in cols]
-        cu = find_field(names, USER_FIELDS, path, "user", user_field)
-        ci = find_field(names, ITEM_FIELDS, path, "item", item_field)
-        cr = names.index("rating") if "rating" in names else -1
-        ct = names.index("timestamp") if "timestamp" in names else -1
-        width = len(names)
+        layout = _Layout(width=len(names),
+                         user=find_field(names, USER_FIELDS, path, "user", user_field),
+                         item=find_field(names, ITEM_FIELDS, path, "item", item_field),
+                         rating=names.index("rating") if "rating" in names else -1,
+                         timestamp=names.index("timestamp") if "timestamp" in names else -1)
         lineno = 1
         while True:
             try:
@@ -99,45 +99,99 @@ def read_recbole_inter(path: str | Path, max_bad: float = 0.01, progress: bool =
                 raise DataError(f"{path}: not UTF-8 text after line {lineno} ({exc})") from None
             if not block:
                 break
-            for line in block:
-                lineno += 1
-                line = line.rstrip("\r\n")
-                if not line:
-                    continue
-                bad.total += 1
-                parts = line.split("\t")
-                if len(parts) != width:
-                    bad.add(lineno, f"expected {width} tab-separated fields, got {len(parts)}")
-                    continue
-                u, i = parts[cu], parts[ci]
-                if not u or not i:
-                    bad.add(lineno, "empty user or item id")
-                    continue
-                try:
-                    r = float(parts[cr]) if cr >= 0 else 0.0
-                    t = float(parts[ct]) if ct >= 0 else 0.0
-                except ValueError:
-                    bad.add(lineno, f"rating/timestamp is not a number: {line[:60]!r}")
-                    continue
-                uc = umap.get(u)
-                if uc is None:
-                    uc = umap[u] = len(umap)
-                ic = imap.get(i)
-                if ic is None:
-                    ic = imap[i] = len(imap)
-                ucodes.append(uc)
-                icodes.append(ic)
-                ratings.append(r)
-                stamps.append(t)
-            bar.update(sum(len(s) for s in block))
-    if not ucodes:
+            fields = _fast_block(block, layout)
+            if fields is None:  # something odd in this block: line by line, reporting each problem
+                fields = _slow_block(block, layout, lineno, bad)
+            else:
+                bad.total += len(fields[0])
+            u, i, r, t = fields
+            parts.append((_codes(u, umap), _codes(i, imap), r, t))
+            lineno += len(block)
+            bar.update(sum(map(len, block)))
+    if not parts or not sum(len(p[0]) for p in parts):
         raise DataError(f"{path}: no interactions after the header")
+    users, items, rating, stamp = (np.concatenate([p[k] for p in parts]) for k in range(4))
     return Interactions(
-        users=np.frombuffer(ucodes, dtype=np.int32).astype(np.int64),
-        items=np.frombuffer(icodes, dtype=np.int32).astype(np.int64),
+        users=users, items=items,
         user_raw=np.asarray(list(umap), dtype=object), item_raw=np.asarray(list(imap), dtype=object),
-        rating=np.frombuffer(ratings, dtype=np.float64) if cr >= 0 else None,
-        timestamp=np.frombuffer(stamps, dtype=np.float64) if ct >= 0 else None, bad=bad)
+        rating=rating if layout.rating >= 0 else None,
+        timestamp=stamp if layout.timestamp >= 0 else None, bad=bad)
+
+
+@dataclass(frozen=True)
+class _Layout:
+    width: int
+    user: int
+    item: int
+    rating: int
+    timestamp: int
+
+
+def _codes(tokens: list[str], mapping: dict[str, int]) -> np.ndarray:
+    """Integer codes of ``tokens`` (new tokens get the next free code), via the block's unique tokens."""
+    if not tokens:
+        return np.zeros(0, dtype=np.int64)
+    uniq, inverse = np.unique(np.asarray(tokens), return_inverse=True)
+    code = np.fromiter((mapping.setdefault(tok, len(mapping)) for tok in uniq.tolist()),
+                       dtype=np.int64, count=len(uniq))
+    return code[inverse.ravel()]
+
+
+def _numbers(values: list[str]) -> np.ndarray:
+    return np.asarray(values, dtype=np.float64) if values else np.zeros(0)
+
+
+def _fast_block(block: list[str], lay: _Layout):
+    """Columns of a block whose every line is well formed, parsed without a per-line Python loop;
+    None when any line is not (empty line, wrong field count, empty id, non-numeric value)."""
+    text = "".join(block)
+    if "\r" in text:
+        text = text.replace("\r", "")
+    rows = text.split("\n")
+    if rows and rows[-1] == "":
+        rows.pop()
+    if not rows or "" in rows or set(map(str.count, rows, ["\t"] * len(rows))) != {lay.width - 1}:
+        return None
+    flat = "\t".join(rows).split("\t")
+    users, items = flat[lay.user::lay.width], flat[lay.item::lay.width]
+    if "" in users or "" in items:
+        return None
+    try:
+        r = _numbers(flat[lay.rating::lay.width]) if lay.rating >= 0 else np.zeros(len(users))
+        t = _numbers(flat[lay.timestamp::lay.width]) if lay.timestamp >= 0 else np.zeros(len(users))
+    except ValueError:
+        return None
+    return users, items, r, t
+
+
+def _slow_block(block: list[str], lay: _Layout, lineno: int, bad: BadLines):
+    """Parse a block line by line, recording malformed lines in ``bad`` and skipping them."""
+    users, items, rs, ts = [], [], [], []
+    for line in block:
+        lineno += 1
+        line = line.rstrip("\r\n")
+        if not line:
+            continue
+        bad.total += 1
+        parts = line.split("\t")
+        if len(parts) != lay.width:
+            bad.add(lineno, f"expected {lay.width} tab-separated fields, got {len(parts)}")
+            continue
+        u, i = parts[lay.user], parts[lay.item]
+        if not u or not i:
+            bad.add(lineno, "empty user or item id")
+            continue
+        try:
+            r = float(parts[lay.rating]) if lay.rating >= 0 else 0.0
+            t = float(parts[lay.timestamp]) if lay.timestamp >= 0 else 0.0
+        except ValueError:
+            bad.add(lineno, f"rating/timestamp is not a number: {line[:60]!r}")
+            continue
+        users.append(u)
+        items.append(i)
+        rs.append(r)
+        ts.append(t)
+    return users, items, np.asarray(rs, dtype=np.float64), np.asarray(ts, dtype=np.float64)
 
 
 def import_recbole(source: str | Path, out: str | Path, *, name: str | None = None, seed: int = 0,
