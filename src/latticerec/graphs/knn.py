@@ -81,14 +81,17 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     return out
 
 
-def knn_values(features: torch.Tensor, neighbours: torch.Tensor) -> torch.Tensor:
+def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 16 * 2**20) -> torch.Tensor:
     """Suppressed cosine similarities ``max(S_ij, 0)`` for the pairs ``(i, neighbours[i, :])`` (eq. 1).
 
     Differentiable in ``features``: this is how gradients reach the projections of the learned graph.
-    Costs ``O(N k d)``, not ``O(N² d)``.
+    Costs ``O(N k d)``, not ``O(N² d)``, computed in row chunks of at most ``budget`` floats.
     """
     x = F.normalize(features.float(), dim=1)
-    return torch.relu((x.unsqueeze(1) * x[neighbours]).sum(-1))
+    n, k = neighbours.shape
+    step = max(1, budget // max(k * x.shape[1], 1))
+    parts = [(x[s:s + step].unsqueeze(1) * x[neighbours[s:s + step]]).sum(-1) for s in range(0, n, step)]
+    return torch.relu(torch.cat(parts) if len(parts) > 1 else parts[0])
 
 
 def symmetric_normalize(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
