@@ -42,3 +42,9 @@ def make_block_dataset(n_users=40, n_items=30, n_blocks=3, seed=0, dims=(8, 6)) 
 @pytest.fixture
 def blocks() -> Dataset:
     return make_block_dataset()
+
+
+@pytest.fixture(autouse=True)
+def _private_graph_cache(tmp_path_factory, monkeypatch):
+    """Tests never write kNN graphs into the user's ~/.cache."""
+    monkeypatch.setenv("LATTICEREC_CACHE", str(tmp_path_factory.getbasetemp() / "graph-cache"))

@@ -29,7 +29,11 @@ class LoadedRun:
     meta: dict
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedRun:
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             cache_dir: str | Path | None = None) -> LoadedRun:
+    """Rebuild a trained run's model (initial kNN graphs from the disk cache) with its best weights."""
+    from latticerec.graphs.cache import KnnGraphCache
+
     run_dir = Path(run_dir)
     cfg_path = run_dir / RUN_CONFIG
     if not cfg_path.exists():
@@ -38,7 +42,7 @@ def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> LoadedR
     meta = json.loads(cfg_path.read_text())
     run = config_from_dict(meta["config"])
     dataset = load_dataset(meta["data"])
-    model = build_model(run, dataset, device)
+    model = build_model(run, dataset, device, KnnGraphCache(cache_dir))
     if not (run_dir / BEST).exists():
         raise LatticeRecError(f"{run_dir}: no trained weights ({BEST}); the run never evaluated")
     state = torch.load(run_dir / BEST, map_location=device, weights_only=False)
