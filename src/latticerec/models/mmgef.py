@@ -1,0 +1,207 @@
+"""MM-GEF (Wu, Ariza-Casabona, Twardowski, Wijaya): an item graph learned from the early-fused
+multimodal feature, joined with the collaborative item-user-item graph by soft attention, plugged
+into a collaborative-filtering backbone (LightGCN by default).
+
+Section 3 of the paper, step by step:
+
+* 3.1      early fusion of the chosen modalities into one feature ``f_i``
+  (:func:`latticerec.graphs.fusion.fuse_features`, option ``fusion``);
+* 3.2      a trainable linear layer ``f̃_i = W f_i + b`` to the latent space (width of the backbone's
+  ID embeddings) and the content graph ``E^m``: top-k cosine kNN of ``f̃`` (eq. 1-2). "Following
+  [LATTICE]", this is LATTICE's graph learner on the one fused "modality"
+  (:class:`~latticerec.models.lattice.LatentStructure`, reused as is): the kNN graph of the trainable
+  ``f̃`` is rebuilt once per epoch with gradient (first batch) and detached afterwards, symmetric
+  normalised, and mixed with the fixed kNN graph of the raw fused feature by LATTICE's skip
+  connection ``λ S̃ + (1 - λ) Ã`` (``lambda_coeff``, LATTICE's 0.9 by default; ``lambda_coeff=0`` is
+  the bare eq. 1-2 on ``f̃``). So ``w/o CF+Att`` is exactly LATTICE on the fused feature, which is
+  how the paper reads that row ("the gain from using CLIP features in comparison to LATTICE");
+* 3.3      the collaborative graph ``E^c_ij = C_ij / C_max`` with ``C = RᵀR`` (eq. 3-4,
+  :func:`latticerec.graphs.cooccurrence.cooccurrence_graph`; diagonal dropped, optional top-k);
+* eq. 5    ``E^u = SoftAttn(E^m : E^c)``: the weighted sum ``E^u = diag(a^m) E^m + diag(a^c) E^c``
+  whose weights come from a per-item soft attention, ``a^g_i = softmax_g(qᵀ tanh(W ẑ^g_i + b))``
+  with ``ẑ^g_i`` the L2-normalised row ``i`` of ``E^g X`` (what graph ``g`` says about item ``i``;
+  normalised so the attention compares directions, not the graphs' different scales). The weights
+  of an item sum to 1;
+* eq. 6    graph convolution ``h^t = E^u h^(t-1)``, ``h^0 = X`` the backbone's item ID embeddings,
+  ``item_layers`` steps;
+* 3.5      the backbone's item representations become ``x̃_i + h_i / ‖h_i‖``; score = inner product.
+
+Ablations of Table 1 (flags of :class:`MMGEFConfig`):
+
+==================  ===========================================  ==================================
+Table 1 row         flags                                        ``E^u``
+==================  ===========================================  ==================================
+MM-GEF              ``use_cf=true attention=true`` (defaults)    ``diag(a^m) E^m + diag(a^c) E^c``
+MM-GEF w/o Att      ``attention=false``                          ``(E^m + E^c) / 2``
+MM-GEF w/o CF       ``use_cf=false``                             ``E^m``
+MM-GEF w/o CF+Att   ``use_cf=false attention=false``             ``E^m``
+==================  ===========================================  ==================================
+
+Without attention the paper's "weighted sum of both E^m and E^c" has no weights to learn: the fixed
+combination is the equal-weight mean (the plain sum ``E^m + E^c`` gives the same model, since
+``h`` is L2-normalised before it is added, and a constant factor on ``E^u`` scales ``h`` only).
+Without CF, eq. 5 attends over a single graph, whose weight is 1: ``w/o CF`` and ``w/o CF+Att`` are
+the same model, and the attention layer is not built (no parameter without a gradient).
+Table 2's modality subsets are ``modalities=...`` (fused before the graph) with ``use_cf`` on/off.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from latticerec.errors import ConfigError
+from latticerec.graphs.cooccurrence import NORMALIZATIONS, cooccurrence_graph
+from latticerec.graphs.fusion import FUSIONS, fuse_features
+from latticerec.graphs.knn import weighted_spmm
+from latticerec.graphs.sparse import spmm, symmetric_spmm
+from latticerec.models.backbones import Backbone
+from latticerec.models.base import ModelInputs, Recommender
+from latticerec.models.lattice import LatentStructure, add_item_signal, propagate_items, select_modalities
+
+FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
+
+
+@dataclass(frozen=True)
+class MMGEFConfig:
+    """MM-GEF options.
+
+    ``modalities``: as LATTICE's (empty = every feature matrix of the dataset; precomputed item graphs
+    without features cannot be fused and are skipped). ``fusion``: section 3.1 rule, see
+    :mod:`latticerec.graphs.fusion` (``norm_mean`` default). ``knn_k``: the k of eq. 2 (paper: 10).
+    ``lambda_coeff``: LATTICE's skip connection inside ``E^m`` (0.9; 0 = eq. 1-2 on the projected
+    feature only, 1 = the fixed graph of the raw fused feature, no learned graph). ``cooc_topk``: the
+    top-k per row of ``E^c`` (0 = every co-occurring pair, as eq. 3-4). ``cooc_norm``: ``max`` (eq. 4)
+    or ``symmetric``. ``item_layers``: steps of eq. 6. ``use_cf`` / ``attention``: the ablations of
+    Table 1 (``w/o CF`` = ``use_cf=false``, ``w/o Att`` = ``attention=false``, ``w/o CF+Att`` = both).
+    """
+
+    backbone: str = "lightgcn"
+    modalities: tuple[str, ...] = ()
+    fusion: str = "norm_mean"
+    knn_k: int = 10
+    lambda_coeff: float = 0.9
+    cooc_topk: int = 0
+    cooc_norm: str = "max"
+    item_layers: int = 1
+    use_cf: bool = True
+    attention: bool = True
+
+    def __post_init__(self):
+        if self.knn_k < 1:
+            raise ValueError("knn_k must be >= 1")
+        if not 0.0 <= self.lambda_coeff <= 1.0:
+            raise ValueError("lambda_coeff must lie in [0, 1]")
+        if self.cooc_topk < 0:
+            raise ValueError("cooc_topk must be >= 0 (0 keeps every co-occurring pair)")
+        if self.item_layers < 1:
+            raise ValueError("item_layers must be >= 1 (eq. 6 needs at least one step)")
+        if self.fusion not in FUSIONS:
+            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}")
+        if self.cooc_norm not in NORMALIZATIONS:
+            raise ValueError(f"cooc_norm must be one of {', '.join(NORMALIZATIONS)}")
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities {self.modalities} lists a modality twice")
+
+
+def feature_modalities(wanted: tuple[str, ...], inputs: ModelInputs, model: str) -> list[str]:
+    """The modalities to fuse: ``wanted`` (each must have features) or every feature matrix."""
+    names = select_modalities(wanted, inputs)
+    if not wanted:
+        names = [m for m in names if m in inputs.features]
+    graph_only = [m for m in names if m not in inputs.features]
+    if graph_only or not names:
+        raise ConfigError(f"{model} fuses item feature matrices; "
+                          + (f"{', '.join(graph_only)} is a precomputed graph without features"
+                             if graph_only else "the dataset has none (add <modality>_feat.npy)"))
+    return names
+
+
+class SoftAttention(nn.Module):
+    """Eq. 5's per-item soft attention over ``G`` graphs: ``a_i = softmax_g(qᵀ tanh(W ẑ^g_i + b))``."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.proj = nn.Linear(dim, dim)
+        self.query = nn.Parameter(torch.empty(dim))
+        nn.init.xavier_uniform_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+        nn.init.uniform_(self.query, -dim ** -0.5, dim ** -0.5)
+
+    def forward(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """``(n_items, G)`` weights from the ``G`` views ``E^g X`` (each ``n_items x d``)."""
+        z = torch.stack([F.normalize(v, p=2, dim=1) for v in views], dim=1)  # n x G x d
+        scores = torch.tanh(self.proj(z)) @ self.query
+        return torch.softmax(scores, dim=1)
+
+
+class MMGEF(Recommender):
+    """MM-GEF wrapped around a backbone (composition: any :class:`Backbone` works)."""
+
+    Config = MMGEFConfig
+    wraps_backbone = True
+
+    def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
+                 item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False):
+        super().__init__()
+        self.backbone, self.structure = backbone, structure
+        self.item_layers = item_layers
+        self.reg_weight = backbone.reg_weight
+        self.use_cf = cf_graph is not None
+        self.cf_symmetric = cf_symmetric  # E^c = E^cᵀ (no top-k): the backward pass reuses it
+        if self.use_cf:
+            self.register_buffer("cf_graph", cf_graph, persistent=False)
+        # one graph (w/o CF) leaves the attention nothing to weigh: see the module docstring
+        self.attention = SoftAttention(backbone.embed_dim) if (attention and self.use_cf) else None
+
+    @classmethod
+    def from_inputs(cls, cfg: MMGEFConfig, inputs: ModelInputs, backbone: Backbone) -> MMGEF:
+        names = feature_modalities(cfg.modalities, inputs, "mmgef")
+        fused = fuse_features({m: inputs.features[m] for m in names}, cfg.fusion)
+        structure = LatentStructure({FUSED: inputs.knn_graph(fused, cfg.knn_k)}, {FUSED: fused},
+                                    backbone.embed_dim, cfg.knn_k, cfg.lambda_coeff)
+        cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)
+        return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0)
+
+    def ego_embeddings(self):
+        return self.backbone.ego_embeddings()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.structure.request_rebuild()
+        self.backbone.on_epoch_start(epoch)
+
+    def content_terms(self):
+        """``E^m`` (eq. 1-2 with LATTICE's skip connection) as weighted sparse terms."""
+        return self.structure.graphs()[FUSED]
+
+    def graph_weights(self, views: list[torch.Tensor]) -> torch.Tensor:
+        """``(n_items, G)`` weights of the graphs in ``E^u`` (eq. 5); rows sum to 1."""
+        n = views[0].shape[0]
+        if self.attention is not None:
+            return self.attention(views)
+        return views[0].new_full((n, len(views)), 1.0 / len(views))
+
+    def _cf(self, x: torch.Tensor) -> torch.Tensor:
+        return symmetric_spmm(self.cf_graph, x) if self.cf_symmetric else spmm(self.cf_graph, x)
+
+    def item_structure_embedding(self, return_weights: bool = False):
+        """``h = (E^u)^L X`` (eq. 5-6) with ``X`` the backbone's item ID embeddings."""
+        terms = self.content_terms()
+        x = self.backbone.item_embedding.weight
+        if not self.use_cf:
+            h = propagate_items(terms, x, self.item_layers)
+            return (h, x.new_ones(x.shape[0], 1)) if return_weights else h
+        views = [weighted_spmm(terms, x), self._cf(x)]  # E^m X, E^c X: layer 1 of eq. 6
+        weights = self.graph_weights(views)
+        w_m, w_c = weights[:, :1], weights[:, 1:]
+        h = w_m * views[0] + w_c * views[1]
+        for _ in range(self.item_layers - 1):
+            h = w_m * weighted_spmm(terms, h) + w_c * self._cf(h)
+        return (h, weights) if return_weights else h
+
+    def propagate(self):
+        users, items = self.backbone.propagate()
+        return users, add_item_signal(items, self.item_structure_embedding())
