@@ -9,6 +9,7 @@ metrics of the best-valid state. The test split is never looked at before that.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -68,6 +69,18 @@ def _save(out_dir: Path | None, name: str, payload: dict) -> None:
         atomic_torch_save(out_dir / name, payload)
 
 
+def _evaluate_untrained(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None,
+                        extra: dict | None, progress: bool) -> dict:
+    """A model with nothing to train (``cb``): evaluated as built; ``best.pt`` holds its state so
+    ``evaluate`` and ``recommend`` work on the run folder."""
+    model.eval()
+    valid = evaluate_split(model, dataset, "valid", cfg)
+    _save(out_dir, BEST, {"model": model.state_dict(), "epoch": 0, **(extra or {})})
+    test = evaluate_split(model, dataset, "test", cfg, progress=progress)
+    return {"best_epoch": 0, "epochs_run": 0, "stopped_early": False, "train_seconds": 0.0,
+            "valid": valid, "test": test, "history": []}
+
+
 def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None = None,
         resume: bool = False, extra: dict | None = None, log=print,
         progress: bool = True) -> dict:
@@ -76,7 +89,9 @@ def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | 
     every improvement; ``resume=True`` continues from ``out_dir/checkpoint.pt``."""
     out_dir = Path(out_dir) if out_dir is not None else None
     seed_everything(cfg.seed)
-    device = next(model.parameters()).device
+    device = next(itertools.chain(model.parameters(), model.buffers())).device
+    if not any(p.requires_grad for p in model.parameters()):
+        return _evaluate_untrained(model, dataset, cfg, out_dir, extra, progress)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     sampler = BPRSampler(dataset.train, seed=cfg.seed)
     state = TrainState()
