@@ -31,9 +31,11 @@ def run_one(name: str, args: str, data: str, seed: int, runs: Path, threads: int
     if not metrics.exists():
         cmd = [sys.executable, "-m", "latticerec.cli", "train", *shlex.split(args), "--data", data,
                "--seed", str(seed), "--out", str(out), "--quiet"]
+        if (out / "checkpoint.pt").exists():
+            cmd.append("--resume")  # an interrupted run continues from its last checkpoint
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         out.mkdir(parents=True, exist_ok=True)
-        with open(out / "train.log", "w") as log:
+        with open(out / "train.log", "a") as log:
             done = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
         if done.returncode != 0:
             raise RuntimeError(f"{name} seed {seed} failed: see {out / 'train.log'}")
@@ -64,12 +66,15 @@ def main(argv=None) -> int:
                    help="a named run: NAME='--model ... --set ...' (repeatable)")
     p.add_argument("--seeds", type=int, nargs="+", default=[2024, 2025, 2026])
     p.add_argument("--jobs", type=int, default=1, help="runs in parallel")
+    p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs); "
+                   "keep jobs x threads <= cores across everything running: oversubscribed OpenMP "
+                   "threads make each epoch many times slower")
     p.add_argument("--json", help="also write the raw results here")
     a = p.parse_args(argv)
     exps = dict(e.split("=", 1) for e in a.exp)
     runs = Path(a.runs)
-    threads = max(1, (os.cpu_count() or 1) // a.jobs)
-    jobs = [(n, args, s) for n, args in exps.items() for s in a.seeds]
+    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    jobs = [(n, args, s) for s in a.seeds for n, args in exps.items()]  # seed-major: every row early
     with ThreadPoolExecutor(a.jobs) as pool:
         done = list(pool.map(lambda j: run_one(j[0], j[1], a.data, j[2], runs, threads), jobs))
     results: dict[str, list[dict]] = {n: [] for n in exps}
