@@ -175,6 +175,26 @@ def add_item_signal(items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
     return items + (h.repeat(1, reps) if reps > 1 else h)
 
 
+def feature_input(structure: LatentStructure) -> torch.Tensor:
+    """Mean of the projected features ``ẽ_m`` (eq. 4): the ``feats`` ablations' graph input."""
+    return torch.stack([structure.projected(m) for m in structure.projections]).mean(0)
+
+
+def lattice_item_embedding(structure: LatentStructure, alpha: torch.Tensor, backbone: Backbone,
+                           item_layers: int, cf_feats: bool = False,
+                           feats_input: bool = False) -> torch.Tensor:
+    """LATTICE's item-structure embedding ``H = A^L X`` with ``A = Σ_m α_m A_m`` (eq. 6 on the
+    aggregated graph); ``X`` is the backbone's item ID table, or :func:`feature_input` with
+    ``feats_input``; ``cf_feats`` gives the ``CF+feats`` ablation's ``Σ_m α_m ẽ_m`` instead."""
+    if cf_feats:
+        weights = dict(zip(structure.names, alpha, strict=True))
+        return sum(weights[m] * structure.projected(m) for m in structure.projections)
+    graphs = structure.graphs()
+    terms = [(a * w, g) for a, m in zip(alpha, structure.names, strict=True) for w, g in graphs[m]]
+    x = feature_input(structure) if feats_input else backbone.item_embedding.weight
+    return propagate_items(terms, x, item_layers)
+
+
 class Lattice(Recommender):
     """LATTICE wrapped around a backbone (composition: any :class:`Backbone` works)."""
 
@@ -207,22 +227,10 @@ class Lattice(Recommender):
         self.structure.request_rebuild()
         self.backbone.on_epoch_start(epoch)
 
-    def _feature_input(self) -> torch.Tensor:
-        """Mean of the projected features ``ẽ_m`` (the ``feats`` ablations' input)."""
-        names = list(self.structure.projections)
-        return torch.stack([self.structure.projected(m) for m in names]).mean(0)
-
     def item_structure_embedding(self) -> torch.Tensor:
         """``H = A^L X`` with ``A = Σ_m α_m A_m`` (or the ``CF+feats`` ablation's ``Σ_m α_m ẽ_m``)."""
-        alpha = self.modal_weights()
-        if self.cf_feats:
-            weights = dict(zip(self.structure.names, alpha, strict=True))
-            return sum(weights[m] * self.structure.projected(m) for m in self.structure.projections)
-        graphs = self.structure.graphs()
-        terms = [(a * w, g) for a, m in zip(alpha, self.structure.names, strict=True)
-                 for w, g in graphs[m]]
-        x = self._feature_input() if self.feats_input else self.backbone.item_embedding.weight
-        return propagate_items(terms, x, self.item_layers)
+        return lattice_item_embedding(self.structure, self.modal_weights(), self.backbone,
+                                      self.item_layers, self.cf_feats, self.feats_input)
 
     def propagate(self):
         users, items = self.backbone.propagate()

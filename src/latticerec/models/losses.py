@@ -22,3 +22,103 @@ def l2_regularizer(*embeddings: torch.Tensor) -> torch.Tensor:
     """
     batch = embeddings[0].shape[0]
     return sum(e.pow(2).sum() for e in embeddings) / (2.0 * batch)
+
+
+class _InfoNCERows(torch.autograd.Function):
+    """Per-anchor ``-log`` of eq. 10 for the anchors ``rows`` of the unit-norm ``z_m`` against
+    ``z_c`` (positives and negatives) and ``z_m`` (negatives, the anchor itself excluded).
+
+    A hand-written backward: with ``P`` the softmax of the ``2N`` logits of a row, the gradient of
+    the logits is ``P - onehot(positive)``, so the pass needs two ``B x N`` exponentials and four
+    products instead of autograd's chain of ``B x N`` temporaries (``div``, ``logsumexp``, ``exp``,
+    ``scatter``, …). With ``keep=False`` the exponentials are recomputed in the backward pass
+    instead of being stored (memory of one chunk at a time)."""
+
+    @staticmethod
+    def _exponentials(anchor, z_m, z_c, rows, tau):
+        """``exp(logit - shift)`` of both similarity blocks and ``log Σ exp(logits)`` per anchor.
+        Cosines are at most 1, so ``shift = 1/τ`` bounds every logit and is folded into the
+        products (no row max pass); a very small ``τ`` takes the exact row max instead."""
+        if tau >= 0.05:  # exp(-2/τ) >= e^-40: no underflow of the smallest term in float32
+            shift = anchor.new_full((1, 1), 1.0 / tau)
+            e_c = torch.addmm(shift, anchor, z_c.T, alpha=1.0, beta=-1.0)
+            e_m = torch.addmm(shift, anchor, z_m.T, alpha=1.0, beta=-1.0)
+        else:
+            e_c, e_m = anchor @ z_c.T, anchor @ z_m.T
+            shift = torch.maximum(e_c.amax(1), e_m.amax(1)).unsqueeze(1)
+            e_c.sub_(shift)
+            e_m.sub_(shift)
+        e_c.exp_()
+        e_m.exp_().scatter_(1, rows.unsqueeze(1), 0.0)  # j = i is no negative
+        denom = e_c.sum(1) + e_m.sum(1)
+        return e_c, e_m, denom, shift.squeeze(1) + denom.log()
+
+    @staticmethod
+    def forward(ctx, z_m, z_c, rows, tau, keep):
+        anchor = z_m[rows] / tau  # logits are θ/τ: the anchor carries the 1/τ
+        e_c, e_m, denom, lse = _InfoNCERows._exponentials(anchor, z_m, z_c, rows, tau)
+        positive = (anchor * z_c[rows]).sum(1)
+        ctx.tau = tau
+        ctx.save_for_backward(z_m, z_c, rows, denom, *((e_c, e_m) if keep else ()))
+        return lse - positive
+
+    @staticmethod
+    def backward(ctx, grad):
+        z_m, z_c, rows, denom, *kept = ctx.saved_tensors
+        tau = ctx.tau
+        anchor = z_m[rows] / tau
+        e_c, e_m = kept if kept else _InfoNCERows._exponentials(anchor, z_m, z_c, rows, tau)[:2]
+        scale = (grad / denom).unsqueeze(1)
+        g_c = e_c * scale  # ∂/∂ logits_c: softmax minus 1 at the positive
+        g_c.index_put_((torch.arange(len(rows), device=rows.device), rows), -grad, accumulate=True)
+        g_m = e_m * scale  # ∂/∂ logits_m: softmax
+        g_anchor = (g_c @ z_c + g_m @ z_m) / tau
+        g_zc = g_c.T @ anchor
+        # index_put_ with accumulate: repeated anchors add up (and it is ~10x index_add_ on CPU)
+        g_zm = (g_m.T @ anchor).index_put_((rows,), g_anchor, accumulate=True)
+        return g_zm, g_zc, None, None, None
+
+
+def info_nce(modal: torch.Tensor, fused: torch.Tensor, tau: float = 0.5,
+             anchors: torch.Tensor | None = None, chunk_size: int = 2048) -> torch.Tensor:
+    """InfoNCE between one modality's item embeddings and the fused ones (MICRO eq. 9-10, one ``m``).
+
+    For every anchor item ``i`` (``anchors``: row indices; all rows by default), with the cosine
+    critic ``θ`` and temperature ``τ``::
+
+        -log  e^{θ(h_i^m, h_c,i)/τ} / ( e^{θ(h_i^m, h_c,i)/τ}
+                                        + Σ_{j≠i} ( e^{θ(h_i^m, h_c,j)/τ} + e^{θ(h_i^m, h_j^m)/τ} ) )
+
+    averaged over the anchors, where ``j`` runs over every row of ``modal`` / ``fused`` (pass the
+    rows of a sampled batch to use that batch as the negative set). Eq. 9 writes ``-I`` with ``I``
+    the ratio; as in every InfoNCE estimator (and the released code) the ratio enters through its
+    logarithm. Computed in chunks of ``chunk_size`` anchors, so no ``anchors x N`` matrix larger
+    than ``chunk_size x N`` exists at once; with several chunks the backward pass recomputes each
+    chunk's similarities instead of keeping them, so training memory is bounded too.
+    """
+    if modal.shape != fused.shape:
+        raise ValueError(f"modal {tuple(modal.shape)} and fused {tuple(fused.shape)} differ in shape")
+    z_m, z_c = F.normalize(modal, dim=1), F.normalize(fused, dim=1)
+    rows = torch.arange(modal.shape[0], device=modal.device) if anchors is None else anchors
+    if rows.numel() == 0:
+        raise ValueError("info_nce needs at least one anchor")
+    chunks = rows.split(chunk_size)
+    total = modal.new_zeros(())
+    for part in chunks:
+        total = total + _InfoNCERows.apply(z_m, z_c, part, tau, len(chunks) == 1).sum()
+    return total / rows.numel()
+
+
+def orthogonality_loss(specific: torch.Tensor) -> torch.Tensor:
+    """Soft orthogonality of the modality-specific parts (MICRO eq. 13), for any number of modalities.
+
+    ``specific`` is ``(M, N, d)``: ``h_s,i^m`` for each modality ``m`` and item ``i``. Eq. 13 is
+    ``(1/|I|) Σ_i (h_s,i^v ᵀ h_s,i^t)²`` for two modalities; here the sum runs over every unordered
+    modality pair ``m < m'`` (zero for a single modality).
+    """
+    n_modal, n_items = specific.shape[0], specific.shape[1]
+    total = specific.new_zeros(())
+    for a in range(n_modal):
+        for b in range(a + 1, n_modal):
+            total = total + (specific[a] * specific[b]).sum(-1).pow(2).sum()
+    return total / n_items

@@ -7,13 +7,19 @@ from __future__ import annotations
 
 from latticerec.errors import ConfigError
 from latticerec.models.backbones import MF, NGCF, LightGCN
+from latticerec.models.cb import ContentBased
 from latticerec.models.lattice import Lattice
+from latticerec.models.micro import Micro
+from latticerec.models.mmgef import MMGEF
 
 MODELS = {
     "mf": MF,
     "lightgcn": LightGCN,
     "ngcf": NGCF,
     "lattice": Lattice,
+    "micro": Micro,
+    "mmgef": MMGEF,
+    "cb": ContentBased,
 }
 
 # backbones a multimodal model (a class with ``wraps_backbone = True``) can wrap

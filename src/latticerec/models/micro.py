@@ -1,0 +1,295 @@
+"""MICRO (Zhang et al., TKDE): latent structure mining with contrastive modality fusion.
+
+Equation numbers follow sections 3.1-3.5 of the paper:
+
+* eq. 1-5   per-modality latent graphs ``A_m = λ S̃_m + (1 - λ) Ã_m``: LATTICE's
+            :class:`~latticerec.models.lattice.LatentStructure`, whose graphs are kept per modality
+            instead of being summed;
+* eq. 6     ``H_m = A_m^L X`` with the same item ID embeddings ``X`` for every modality;
+* eq. 7-8   modality-shared fusion ``α_i^m = softmax_m(q1ᵀ tanh(W h_i^m + b))``,
+            ``h_c,i = Σ_m α_i^m h_i^m`` (``W, b, q1`` shared by all modalities);
+* eq. 9-10  contrastive loss ``L_C``: InfoNCE between each ``h_i^m`` and ``h_c,i``
+            (:func:`~latticerec.models.losses.info_nce`), mean over modalities;
+* eq. 11-12 modality-specific parts ``h_s,i^m = h_i^m - h_c,i``;
+* eq. 13    soft orthogonality ``L_S`` over every modality pair
+            (:func:`~latticerec.models.losses.orthogonality_loss`);
+* eq. 14-15 ``[α_c,i, α_s,i^m…] = softmax(q2ᵀ [h_c,i, h_s,i^m…])``,
+            ``h_i = α_c,i h_c,i + Σ_m α_s,i^m h_s,i^m``;
+* eq. 16    user preference ``h_u = mean_{i ∈ I_u} h_i`` (row-normalised training matrix times ``H``);
+* eq. 17    ``ŷ_ui = (x̃_u + h_u/‖h_u‖)ᵀ (x̃_i + h_i/‖h_i‖)`` with the backbone's ``x̃_u, x̃_i``;
+* eq. 18-19 ``L = L_BPR + β_C L_C + β_S L_S`` (plus the backbone's L2 term, as in LATTICE).
+
+The learned graphs are rebuilt once per epoch exactly as in LATTICE (:meth:`on_epoch_start`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+from torch import nn
+
+from latticerec.errors import ConfigError
+from latticerec.graphs.sparse import to_scipy_csr, to_torch_csr
+from latticerec.models.backbones import Backbone
+from latticerec.models.base import ModelInputs, Recommender
+from latticerec.models.lattice import (
+    LatentStructure,
+    LatticeConfig,
+    add_item_signal,
+    build_structure,
+    feature_input,
+    lattice_item_embedding,
+    propagate_items,
+)
+from latticerec.models.losses import bpr_loss, info_nce, l2_regularizer, orthogonality_loss
+
+
+@dataclass(frozen=True)
+class MicroConfig(LatticeConfig):
+    """MICRO options: LATTICE's (graphs, ``item_layers`` = ``L``, ``feats``/``cf_feats`` ablations)
+    plus the fusion ones. Defaults: ``k = 10``, ``λ = 0.7``, ``τ = 0.5`` (paper, section 4.1.4);
+    ``beta_c = 0.06`` reproduces the released code (0.03 times the *sum* over two modalities;
+    eq. 9 takes their mean); ``beta_s`` has no published value.
+
+    ``cl_batch`` / ``cl_negatives`` choose the items of ``L_C`` (see :class:`Micro`)."""
+
+    lambda_coeff: float = 0.7
+    fusion: bool = True
+    specific: bool = True
+    preference: bool = True
+    beta_c: float = 0.06
+    beta_s: float = 0.1
+    tau: float = 0.5
+    cl_batch: int = 1024
+    cl_negatives: Literal["batch", "all"] = "batch"
+    cl_chunk: int = 4096
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta_c < 0 or self.beta_s < 0:
+            raise ValueError("beta_c and beta_s must be >= 0")
+        if self.tau <= 0:
+            raise ValueError("tau must be > 0")
+        if self.cl_chunk < 1:
+            raise ValueError("cl_chunk must be >= 1")
+        if self.cl_batch < 0:
+            raise ValueError("cl_batch must be >= 0 (0: every item at every step)")
+        if self.cl_negatives not in ("batch", "all"):
+            raise ValueError("cl_negatives must be 'batch' or 'all'")
+
+
+def row_normalized(train: torch.Tensor) -> torch.Tensor:
+    """``D⁻¹ R``: each user's row of the training matrix divided by their number of items (eq. 16);
+    users without training items get an empty row."""
+    mat = to_scipy_csr(train).astype(np.float32)
+    deg = np.asarray(mat.sum(1)).ravel()
+    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
+    return to_torch_csr(sp.diags(inv) @ mat, device=train.device)
+
+
+class _PairedSpmm(torch.autograd.Function):
+    """``R @ X`` for a constant sparse ``R`` whose transpose is precomputed: the backward pass is
+    ``Rᵀ @ grad`` without transposing a CSR matrix at every step."""
+
+    @staticmethod
+    def forward(ctx, mat, mat_t, x):
+        ctx.mat_t = mat_t
+        return mat @ x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None, None, ctx.mat_t @ grad
+
+
+class Micro(Recommender):
+    """MICRO wrapped around a backbone (composition: any :class:`Backbone` works).
+
+    Ablations of Table 5 are flags of this model (``--set key=value``):
+
+    ==========================  =====================================================================
+    Table 5 row                 options
+    ==========================  =====================================================================
+    MICRO                       (defaults)
+    MICRO w/o. fusion           ``fusion=false``: exactly LATTICE (modality weights ``α_m``, one
+                                aggregated graph, BPR only, no ``h_u``); the state dict has LATTICE's
+                                keys, so a ``lattice`` checkpoint loads into it and scores the same.
+                                The fusion options (``specific``, ``preference``, ``beta_*``, ``tau``,
+                                ``cl_*``) have no effect then.
+    MICRO w/o. specific         ``specific=false``: ``h_i = h_c,i`` (no eq. 11-15, no ``L_S``)
+    MICRO w/o. preference       ``preference=false``: ``ŷ_ui = x̃_uᵀ (x̃_i + h_i/‖h_i‖)`` (no eq. 16)
+    MICRO/feats                 ``feats_input=true``: the graph convolutions (eq. 6) start from the
+                                projected features ``mean_m ẽ_m`` (eq. 4) instead of ID embeddings,
+                                the same input for every modality as in eq. 6 (LATTICE/feats' input)
+    CF+feats                    ``cf_feats=true``: no item graphs; ``h_i^m = ẽ_i^m`` (eq. 4)
+                                replaces ``A_m^L X`` and the rest of MICRO is kept. With
+                                ``fusion=false`` it is LATTICE's CF+feats, ``h_i = Σ_m α_m ẽ_i^m``.
+    ==========================  =====================================================================
+
+    Items of the contrastive loss (eq. 9-10). Eq. 9 averages over all items and the released code
+    evaluates that full sum at every step with all items as negatives: ``|M| x N² d`` work per step,
+    ~35x a LATTICE step on Baby (7,050 items; 1 thread). Defaults, chosen for the 2x budget:
+
+    * ``cl_batch=1024``: each step's anchors ``i`` are 1,024 items drawn uniformly without
+      replacement, so the step's loss is an unbiased estimate of eq. 9's mean over all items, and
+      long-tail and cold items are anchors as often as popular ones (the cold-start argument of
+      section 3.3.1). ``cl_batch=0``: every item at every step (the released code).
+    * ``cl_negatives=batch``: the negatives ``j`` of eq. 10 are the other sampled items (both
+      ``h_c,j`` and ``h_j^m``), as in SGL's in-batch negatives: a sampled estimate of eq. 10's
+      denominator, good at ``τ = 0.5`` where logits lie in ``[-2, 2]`` and no few hard negatives
+      dominate the sum. ``cl_negatives=all`` keeps every item as a negative, i.e. eq. 10 exactly
+      for each anchor (the paper and released code), at ``N / cl_batch`` times the cost
+      (``cl_batch=0 cl_negatives=all`` is the released code's loss).
+
+    Cost per epoch on Baby-shaped data relative to LATTICE: see ``benchmarks/bench_micro.py``.
+    Similarities are computed in chunks of ``cl_chunk`` anchors (never an ``N x N`` matrix).
+    """
+
+    Config = MicroConfig
+    wraps_backbone = True
+
+    def __init__(self, backbone: Backbone, structure: LatentStructure, train: torch.Tensor,
+                 item_layers: int = 1, cf_feats: bool = False, feats_input: bool = False,
+                 fusion: bool = True, specific: bool = True, preference: bool = True,
+                 beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
+                 cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096):
+        super().__init__()
+        self.backbone, self.structure = backbone, structure
+        self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
+        self.fusion, self.specific, self.preference = fusion, specific, preference
+        self.beta_c, self.beta_s, self.tau = beta_c, beta_s, tau
+        self.cl_batch, self.cl_negatives, self.cl_chunk = cl_batch, cl_negatives, cl_chunk
+        self.reg_weight = backbone.reg_weight
+        if (cf_feats or feats_input) and not len(structure.projections):
+            raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
+        if not fusion:  # LATTICE's parameters, under LATTICE's names
+            self.modal_scores = nn.Parameter(torch.zeros(len(structure.names)))
+            return
+        d = backbone.embed_dim
+        self.att_w = nn.Linear(d, d)  # W, b of eq. 7
+        self.att_q1 = nn.Linear(d, 1, bias=False)  # q1 of eq. 7
+        self.att_q2 = nn.Linear(d, 1, bias=False) if specific else None  # q2 of eq. 14
+        for lin in (self.att_w, self.att_q1, self.att_q2):
+            if lin is not None:
+                nn.init.xavier_uniform_(lin.weight)
+                if lin.bias is not None:
+                    nn.init.zeros_(lin.bias)
+        if preference:
+            mat = row_normalized(train)
+            self.register_buffer("user_items", mat, persistent=False)
+            self.register_buffer("user_items_t", to_torch_csr(to_scipy_csr(mat).T.tocsr(),
+                                                              device=mat.device), persistent=False)
+
+    @classmethod
+    def from_inputs(cls, cfg: MicroConfig, inputs: ModelInputs, backbone: Backbone) -> Micro:
+        return cls(backbone, build_structure(cfg, inputs, backbone.embed_dim), inputs.train,
+                   item_layers=cfg.item_layers, cf_feats=cfg.cf_feats, feats_input=cfg.feats_input,
+                   fusion=cfg.fusion, specific=cfg.specific, preference=cfg.preference,
+                   beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
+                   cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk)
+
+    # -- shared with LATTICE ------------------------------------------------------------------
+    def ego_embeddings(self):
+        return self.backbone.ego_embeddings()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.structure.request_rebuild()
+        self.backbone.on_epoch_start(epoch)
+
+    def modal_weights(self) -> torch.Tensor:
+        """LATTICE's ``α = softmax(scores)`` (``fusion=false`` only)."""
+        return torch.softmax(self.modal_scores, dim=0)
+
+    # -- MICRO ---------------------------------------------------------------------------------
+    def modality_embeddings(self) -> torch.Tensor:
+        """``(M, N, d)``: ``H_m = A_m^L X`` for each modality (eq. 6), or ``ẽ_m`` with ``cf_feats``."""
+        if self.cf_feats:
+            return torch.stack([self.structure.projected(m) for m in self.structure.projections])
+        graphs = self.structure.graphs()
+        x = feature_input(self.structure) if self.feats_input else self.backbone.item_embedding.weight
+        return torch.stack([propagate_items(graphs[m], x, self.item_layers) for m in self.structure.names])
+
+    def shared_attention(self, modal: torch.Tensor) -> torch.Tensor:
+        """``(M, N)`` weights ``α_i^m = softmax_m(q1ᵀ tanh(W h_i^m + b))`` (eq. 7); each column sums to 1."""
+        return torch.softmax(self.att_q1(torch.tanh(self.att_w(modal))).squeeze(-1), dim=0)
+
+    def fuse(self, modal: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 7-15 on ``modal = (H_m)_m``: ``alpha`` (eq. 7), ``common`` ``h_c`` (eq. 8), ``specific``
+        ``(h_s^m)_m`` (eq. 11-12), ``beta`` (eq. 14, rows ``[c, s^1, …]``) and the item
+        representation ``item`` ``h`` (eq. 15; ``h_c`` itself with ``specific=false``)."""
+        alpha = self.shared_attention(modal)
+        common = (alpha.unsqueeze(-1) * modal).sum(0)
+        out = {"alpha": alpha, "common": common, "item": common}
+        if self.specific:
+            specific = modal - common.unsqueeze(0)
+            parts = torch.cat([common.unsqueeze(0), specific])
+            beta = torch.softmax(self.att_q2(parts).squeeze(-1), dim=0)
+            out.update(specific=specific, beta=beta, item=(beta.unsqueeze(-1) * parts).sum(0))
+        return out
+
+    def user_preference(self, item: torch.Tensor) -> torch.Tensor:
+        """``h_u = (1/|I_u|) Σ_{i ∈ I_u} h_i`` (eq. 16) for every user at once."""
+        if item.requires_grad:
+            return _PairedSpmm.apply(self.user_items, self.user_items_t, item)
+        return self.user_items @ item
+
+    def item_structure_embedding(self) -> torch.Tensor:
+        """The item representation that eq. 17 adds to ``x̃_i``: ``h_i`` (LATTICE's ``H`` without fusion)."""
+        if not self.fusion:
+            return lattice_item_embedding(self.structure, self.modal_weights(), self.backbone,
+                                          self.item_layers, self.cf_feats, self.feats_input)
+        return self.fuse(self.modality_embeddings())["item"]
+
+    def _forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:
+        """Scores' user and item sides (eq. 17) plus the intermediate embeddings the losses need."""
+        users, items = self.backbone.propagate()
+        if not self.fusion:
+            return users, add_item_signal(items, self.item_structure_embedding()), None, {}
+        modal = self.modality_embeddings()
+        parts = self.fuse(modal)
+        if self.preference:
+            users = add_item_signal(users, self.user_preference(parts["item"]))
+        return users, add_item_signal(items, parts["item"]), modal, parts
+
+    def propagate(self):
+        users, items, _, _ = self._forward()
+        return users, items
+
+    def contrastive_anchors(self, n_items: int, device: torch.device) -> torch.Tensor | None:
+        """The items ``i`` whose terms of eq. 9 a step averages: ``cl_batch`` items drawn uniformly
+        without replacement from the torch generator (which the trainer seeds per epoch);
+        ``None`` (every item) when ``cl_batch`` is 0 or covers the catalogue."""
+        if self.cl_batch == 0 or self.cl_batch >= n_items:
+            return None
+        return torch.randperm(n_items, device=device)[: self.cl_batch]
+
+    def contrastive_loss(self, modal: torch.Tensor, common: torch.Tensor,
+                         items: torch.Tensor | None = None) -> torch.Tensor:
+        """``L_C`` (eq. 9): the mean over modalities of :func:`info_nce` (eq. 10) between ``H_m`` and
+        ``h_c``, over the anchors ``items`` (all items if ``None``); ``cl_negatives=batch`` takes the
+        negatives ``j`` of eq. 10 among the anchors only, ``all`` among every item."""
+        if items is not None and self.cl_negatives == "batch":
+            modal, common, items = modal[:, items], common[items], None
+        return torch.stack([info_nce(h, common, self.tau, items, self.cl_chunk) for h in modal]).mean()
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Eq. 19: ``bpr`` (eq. 18, batch mean), ``reg`` (L2 on the batch's ego embeddings),
+        ``contrastive`` ``β_C L_C`` and ``orthogonal`` ``β_S L_S`` (the last two with fusion only)."""
+        user_all, item_all, modal, parts = self._forward()
+        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
+        ego_u, ego_i = self.ego_embeddings()
+        terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], ego_i[pos], ego_i[neg])
+        if not self.fusion:
+            return terms
+        if self.beta_c > 0:  # β_C = 0 skips L_C's cost (the term is still reported, as 0)
+            anchors = self.contrastive_anchors(modal.shape[1], modal.device)
+            terms["contrastive"] = self.beta_c * self.contrastive_loss(modal, parts["common"], anchors)
+        else:
+            terms["contrastive"] = modal.new_zeros(())
+        if self.specific:
+            terms["orthogonal"] = self.beta_s * orthogonality_loss(parts["specific"])
+        return terms
