@@ -131,7 +131,7 @@ class Micro(Recommender):
 
     Items of the contrastive loss (eq. 9-10). Eq. 9 averages over all items and the released code
     evaluates that full sum at every step with all items as negatives: ``|M| x N² d`` work per step,
-    ~35x a LATTICE step on Baby (7,050 items; 1 thread). Defaults, chosen for the 2x budget:
+    many times a LATTICE step on Baby (7,050 items). Defaults, chosen for the 2x budget:
 
     * ``cl_batch=1024``: each step's anchors ``i`` are 1,024 items drawn uniformly without
       replacement, so the step's loss is an unbiased estimate of eq. 9's mean over all items, and
@@ -144,7 +144,9 @@ class Micro(Recommender):
       for each anchor (the paper and released code), at ``N / cl_batch`` times the cost
       (``cl_batch=0 cl_negatives=all`` is the released code's loss).
 
-    Cost per epoch on Baby-shaped data relative to LATTICE: see ``benchmarks/bench_micro.py``.
+    Per epoch on Baby-shaped data (``benchmarks/bench_micro.py --threads 1``) the defaults cost
+    1.6x LATTICE (measured); the same script with ``--set cl_negatives=all`` or
+    ``--set cl_batch=0 --set cl_negatives=all`` measures the costlier variants.
     Similarities are computed in chunks of ``cl_chunk`` anchors (never an ``N x N`` matrix).
     """
 
