@@ -25,14 +25,26 @@ import numpy as np
 METRICS = ("recall@20", "precision@20", "ndcg@20")
 
 
-def run_one(name: str, args: str, data: str, seed: int, runs: Path, threads: int) -> dict:
+def _stale(metrics: Path, patience: int | None) -> bool:
+    """A finished run is redone when it stopped under another ``--patience`` (it is resumed)."""
+    if not metrics.exists():
+        return True
+    return patience is not None and json.loads(metrics.read_text())["config"]["train"]["patience"] != patience
+
+
+def run_one(name: str, args: str, data: str, seed: int, runs: Path, threads: int,
+            patience: int | None = None) -> dict:
     out = runs / f"{name}-s{seed}"
     metrics = out / "metrics.json"
-    if not metrics.exists():
+    if patience is not None:
+        args = f"{args} --set patience={patience}"
+    if _stale(metrics, patience):
         cmd = [sys.executable, "-m", "latticerec.cli", "train", *shlex.split(args), "--data", data,
                "--seed", str(seed), "--out", str(out), "--quiet"]
         if (out / "checkpoint.pt").exists():
-            cmd.append("--resume")  # an interrupted run continues from its last checkpoint
+            # an interrupted run continues from its last checkpoint; a run stopped by a smaller
+            # patience continues too, exactly as if it had been trained with the new one
+            cmd.append("--resume")
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "train.log", "a") as log:
@@ -69,6 +81,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads per run (default: cores / jobs); "
                    "keep jobs x threads <= cores across everything running: oversubscribed OpenMP "
                    "threads make each epoch many times slower")
+    p.add_argument("--patience", type=int, help="early-stopping patience of every run (added as "
+                   "--set patience=N); finished runs with another patience are resumed under it")
     p.add_argument("--json", help="also write the raw results here")
     a = p.parse_args(argv)
     exps = dict(e.split("=", 1) for e in a.exp)
@@ -76,7 +90,7 @@ def main(argv=None) -> int:
     threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
     jobs = [(n, args, s) for s in a.seeds for n, args in exps.items()]  # seed-major: every row early
     with ThreadPoolExecutor(a.jobs) as pool:
-        done = list(pool.map(lambda j: run_one(j[0], j[1], a.data, j[2], runs, threads), jobs))
+        done = list(pool.map(lambda j: run_one(j[0], j[1], a.data, j[2], runs, threads, a.patience), jobs))
     results: dict[str, list[dict]] = {n: [] for n in exps}
     for (n, _, _), r in zip(jobs, done, strict=True):
         results[n].append(r)

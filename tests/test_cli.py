@@ -51,6 +51,9 @@ def test_resume_via_cli(tmp_path, capsys):
                "--quiet", "--set", "embed_dim=16", "--resume"]
     assert main(changed) == 2
     assert "differ" in capsys.readouterr().err
+    longer = [*args[:6], "3", *args[7:], "--set", "patience=50", "--resume"]  # --epochs 3
+    assert main(longer) == 0  # the stopping rule may change: the run continues
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
 
 def test_unknown_set_key_lists_valid_keys(tmp_path, capsys):

@@ -47,3 +47,21 @@ def test_resume_without_checkpoint_is_a_clear_error(blocks, tmp_path):
     with pytest.raises(FileNotFoundError, match="no checkpoint"):
         fit(build_model(run, blocks), blocks, run.train, out_dir=tmp_path, resume=True,
             progress=False)
+
+
+def test_resume_with_a_longer_stopping_rule_equals_training_with_it(blocks, tmp_path):
+    opts = {"embed_dim": "8", "epochs": "12", "batch_size": "64", "lr": "0.05"}
+    short = resolve_config("mf", {**opts, "patience": "1"})
+    stopped = fit(build_model(short, blocks), blocks, short.train, out_dir=tmp_path / "b",
+                  progress=False)
+    assert stopped["stopped_early"] and stopped["epochs_run"] < 12  # the case under test
+
+    long = resolve_config("mf", {**opts, "patience": "1000"})
+    fresh = fit(build_model(long, blocks), blocks, long.train, out_dir=tmp_path / "a", progress=False)
+    continued = fit(build_model(long, blocks), blocks, long.train, out_dir=tmp_path / "b",
+                    resume=True, progress=False)
+    assert continued["epochs_run"] == fresh["epochs_run"] == 12
+    assert continued["best_epoch"] == fresh["best_epoch"]
+    assert continued["test"] == fresh["test"]
+    assert [h.get("valid_recall@20") for h in continued["history"]] == \
+        [h.get("valid_recall@20") for h in fresh["history"]]

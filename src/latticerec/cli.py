@@ -27,6 +27,14 @@ def _default_out(model: str, data: str) -> Path:
     return Path("runs") / f"{model}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
+
+
+def _training_config(config: dict) -> dict:
+    """A run's config without its stopping rule: what must match for ``--resume``."""
+    return {**config, "train": {k: v for k, v in config["train"].items() if k not in STOPPING_KEYS}}
+
+
 def cmd_train(args) -> int:
     from latticerec.config import parse_overrides
     from latticerec.data.readers import load_dataset
@@ -54,9 +62,11 @@ def cmd_train(args) -> int:
         saved = json.loads((out / RUN_CONFIG).read_text()) if (out / RUN_CONFIG).exists() else None
         if saved is None:
             raise LatticeRecError(f"--resume: {out} holds no run to resume")
-        if saved["config"] != run.to_dict() or saved["data"] != data_spec:
+        if _training_config(saved["config"]) != _training_config(run.to_dict()) \
+                or saved["data"] != data_spec:
             raise LatticeRecError(f"--resume: the options differ from the run saved in {out}; "
-                                  "give the same --model/--data/--set as the original run")
+                                  "give the same --model/--data/--set as the original run (only "
+                                  "the stopping rule, --epochs and patience, may change)")
     dataset = load_dataset(args.data)
     model = build_model(run, dataset, device, KnnGraphCache(args.cache_dir))
     meta = {"model": args.model, "data": data_spec, "config": run.to_dict()}

@@ -104,6 +104,9 @@ def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | 
         model.load_state_dict(ckpt["model"])
         optimizer.load_state_dict(ckpt["optimizer"])
         state = TrainState(**ckpt["state"])
+        # the stopping rule is re-read: a run stopped by ``patience`` (or ``epochs``) continues when
+        # resumed with a larger one, exactly as if it had been trained with it from the start
+        state.stopped_early = state.bad_evals >= cfg.patience
         best_weights = torch.load(out_dir / BEST, map_location=device, weights_only=False)["model"]
         log(f"resumed from {out_dir / CHECKPOINT} after epoch {state.epoch}")
 
