@@ -67,6 +67,7 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--ablations", action="store_true", help="also MM-GEF w/o Att and w/o CF")
     p.add_argument("--prepare-only", action="store_true")
+    p.add_argument("--patience", type=int, help="early-stopping patience (experiments.py --patience)")
     p.add_argument("--json", help="also write the raw results here")
     a = p.parse_args(argv)
 
@@ -83,6 +84,8 @@ def main(argv=None) -> int:
     args += [f"--exp={name}={spec}{extra}" for name, spec in exps.items()]
     if a.json:
         args += ["--json", a.json]
+    if a.patience:
+        args += ["--patience", str(a.patience)]
     return experiments.main(args)
 
 
