@@ -119,7 +119,7 @@ class TrainConfig:
     batch_size: int = 2048
     epochs: int = 1000
     eval_every: int = 1
-    patience: int = 10
+    patience: int = 20  # MMRec's stopping_step; 10 stopped TikTok runs on an early plateau
     topk: tuple[int, ...] = (10, 20, 50)
     ndcg: str = "standard"
     eval_batch_size: int = 4096
