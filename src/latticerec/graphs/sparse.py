@@ -44,25 +44,31 @@ def to_scipy_csr(mat: torch.Tensor) -> sp.csr_matrix:
     )
 
 
-class _SymmetricSpmm(torch.autograd.Function):
-    """``A @ X`` for a constant symmetric sparse ``A``: the backward pass reuses ``A`` (``Aᵀ = A``)
-    instead of transposing it, which saves a CSR transpose per call."""
+class _ConstantSpmm(torch.autograd.Function):
+    """``A @ X`` for a constant sparse ``A`` whose transpose is given: the backward pass is
+    ``Aᵀ @ grad`` without transposing a CSR matrix at every call (``Aᵀ = A`` when symmetric)."""
 
     @staticmethod
-    def forward(ctx, adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.adj = adj
+    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        ctx.adj_t = adj_t
         return adj @ x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        return None, ctx.adj @ grad
+        return None, None, ctx.adj_t @ grad
+
+
+def constant_spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Product of a constant sparse matrix with a dense matrix, differentiable in ``x``; ``adj_t`` is
+    ``adjᵀ`` precomputed once (``None``: ``adj`` is symmetric)."""
+    if x.requires_grad:
+        return _ConstantSpmm.apply(adj, adj if adj_t is None else adj_t, x)
+    return adj @ x
 
 
 def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Product of a constant symmetric sparse matrix with a dense matrix, differentiable in ``x``."""
-    if x.requires_grad:
-        return _SymmetricSpmm.apply(adj, x)
-    return adj @ x
+    return constant_spmm(adj, x)
 
 
 class _ValuesSpmm(torch.autograd.Function):

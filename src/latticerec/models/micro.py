@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from latticerec.errors import ConfigError
-from latticerec.graphs.sparse import to_scipy_csr, to_torch_csr
+from latticerec.graphs.sparse import constant_spmm, to_scipy_csr, to_torch_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.lattice import (
@@ -89,20 +89,6 @@ def row_normalized(train: torch.Tensor) -> torch.Tensor:
     deg = np.asarray(mat.sum(1)).ravel()
     inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
     return to_torch_csr(sp.diags(inv) @ mat, device=train.device)
-
-
-class _PairedSpmm(torch.autograd.Function):
-    """``R @ X`` for a constant sparse ``R`` whose transpose is precomputed: the backward pass is
-    ``Rᵀ @ grad`` without transposing a CSR matrix at every step."""
-
-    @staticmethod
-    def forward(ctx, mat, mat_t, x):
-        ctx.mat_t = mat_t
-        return mat @ x
-
-    @staticmethod
-    def backward(ctx, grad):
-        return None, None, ctx.mat_t @ grad
 
 
 class Micro(Recommender):
@@ -234,9 +220,7 @@ class Micro(Recommender):
 
     def user_preference(self, item: torch.Tensor) -> torch.Tensor:
         """``h_u = (1/|I_u|) Σ_{i ∈ I_u} h_i`` (eq. 16) for every user at once."""
-        if item.requires_grad:
-            return _PairedSpmm.apply(self.user_items, self.user_items_t, item)
-        return self.user_items @ item
+        return constant_spmm(self.user_items, item, self.user_items_t)
 
     def item_structure_embedding(self) -> torch.Tensor:
         """The item representation that eq. 17 adds to ``x̃_i``: ``h_i`` (LATTICE's ``H`` without fusion)."""
