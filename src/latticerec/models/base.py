@@ -53,7 +53,12 @@ class Recommender(nn.Module):
         """Hook called before each training epoch; nothing by default."""
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        user_all, item_all = self.propagate()
+        return self.bpr_terms(*self.propagate(), users, pos, neg)
+
+    def bpr_terms(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
+                  pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``bpr`` (batch mean over the propagated representations) and ``reg`` (L2 on the batch's
+        ego embeddings): the loss of every model, to which a model may add its own terms."""
         u, p, n = user_all[users], item_all[pos], item_all[neg]
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
         ego_u, ego_i = self.ego_embeddings()

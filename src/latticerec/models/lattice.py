@@ -195,18 +195,42 @@ def lattice_item_embedding(structure: LatentStructure, alpha: torch.Tensor, back
     return propagate_items(terms, x, item_layers)
 
 
-class Lattice(Recommender):
+class StructureModel(Recommender):
+    """What LATTICE, MICRO and MM-GEF share: the backbone they wrap (its ID tables carry the L2
+    term), a :class:`LatentStructure` whose learned graphs are rebuilt once per epoch, and scores
+    with ``item_structure_embedding()`` added to the backbone's items (L2-normalised)."""
+
+    wraps_backbone = True
+
+    def __init__(self, backbone: Backbone, structure: LatentStructure):
+        super().__init__()
+        self.backbone, self.structure = backbone, structure
+        self.reg_weight = backbone.reg_weight
+
+    def ego_embeddings(self):
+        return self.backbone.ego_embeddings()
+
+    def on_epoch_start(self, epoch: int) -> None:
+        self.structure.request_rebuild()
+        self.backbone.on_epoch_start(epoch)
+
+    def item_structure_embedding(self) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def propagate(self):
+        users, items = self.backbone.propagate()
+        return users, add_item_signal(items, self.item_structure_embedding())
+
+
+class Lattice(StructureModel):
     """LATTICE wrapped around a backbone (composition: any :class:`Backbone` works)."""
 
     Config = LatticeConfig
-    wraps_backbone = True
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
                  cf_feats: bool = False, feats_input: bool = False):
-        super().__init__()
-        self.backbone, self.structure = backbone, structure
+        super().__init__(backbone, structure)
         self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
-        self.reg_weight = backbone.reg_weight
         self.modal_scores = nn.Parameter(torch.zeros(len(structure.names)))
         if (cf_feats or feats_input) and not len(structure.projections):
             raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
@@ -220,21 +244,10 @@ class Lattice(Recommender):
         """``α = softmax(scores)`` over the modalities."""
         return torch.softmax(self.modal_scores, dim=0)
 
-    def ego_embeddings(self):
-        return self.backbone.ego_embeddings()
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.structure.request_rebuild()
-        self.backbone.on_epoch_start(epoch)
-
     def item_structure_embedding(self) -> torch.Tensor:
         """``H = A^L X`` with ``A = Σ_m α_m A_m`` (or the ``CF+feats`` ablation's ``Σ_m α_m ẽ_m``)."""
         return lattice_item_embedding(self.structure, self.modal_weights(), self.backbone,
                                       self.item_layers, self.cf_feats, self.feats_input)
-
-    def propagate(self):
-        users, items = self.backbone.propagate()
-        return users, add_item_signal(items, self.item_structure_embedding())
 
 
 def build_structure(cfg, inputs: ModelInputs, embed_dim: int) -> LatentStructure:

@@ -35,17 +35,18 @@ from torch import nn
 from latticerec.errors import ConfigError
 from latticerec.graphs.sparse import constant_spmm, to_scipy_csr, to_torch_csr
 from latticerec.models.backbones import Backbone
-from latticerec.models.base import ModelInputs, Recommender
+from latticerec.models.base import ModelInputs
 from latticerec.models.lattice import (
     LatentStructure,
     LatticeConfig,
+    StructureModel,
     add_item_signal,
     build_structure,
     feature_input,
     lattice_item_embedding,
     propagate_items,
 )
-from latticerec.models.losses import bpr_loss, info_nce, l2_regularizer, orthogonality_loss
+from latticerec.models.losses import info_nce, orthogonality_loss
 
 
 @dataclass(frozen=True)
@@ -91,7 +92,7 @@ def row_normalized(train: torch.Tensor) -> torch.Tensor:
     return to_torch_csr(sp.diags(inv) @ mat, device=train.device)
 
 
-class Micro(Recommender):
+class Micro(StructureModel):
     """MICRO wrapped around a backbone (composition: any :class:`Backbone` works).
 
     Ablations of Table 5 are flags of this model (``--set key=value``):
@@ -137,20 +138,17 @@ class Micro(Recommender):
     """
 
     Config = MicroConfig
-    wraps_backbone = True
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, train: torch.Tensor,
                  item_layers: int = 1, cf_feats: bool = False, feats_input: bool = False,
                  fusion: bool = True, specific: bool = True, preference: bool = True,
                  beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
                  cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096):
-        super().__init__()
-        self.backbone, self.structure = backbone, structure
+        super().__init__(backbone, structure)
         self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
         self.fusion, self.specific, self.preference = fusion, specific, preference
         self.beta_c, self.beta_s, self.tau = beta_c, beta_s, tau
         self.cl_batch, self.cl_negatives, self.cl_chunk = cl_batch, cl_negatives, cl_chunk
-        self.reg_weight = backbone.reg_weight
         if (cf_feats or feats_input) and not len(structure.projections):
             raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
         if not fusion:  # LATTICE's parameters, under LATTICE's names
@@ -178,14 +176,6 @@ class Micro(Recommender):
                    fusion=cfg.fusion, specific=cfg.specific, preference=cfg.preference,
                    beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
                    cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk)
-
-    # -- shared with LATTICE ------------------------------------------------------------------
-    def ego_embeddings(self):
-        return self.backbone.ego_embeddings()
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.structure.request_rebuild()
-        self.backbone.on_epoch_start(epoch)
 
     def modal_weights(self) -> torch.Tensor:
         """LATTICE's ``α = softmax(scores)`` (``fusion=false`` only)."""
@@ -265,10 +255,7 @@ class Micro(Recommender):
         """Eq. 19: ``bpr`` (eq. 18, batch mean), ``reg`` (L2 on the batch's ego embeddings),
         ``contrastive`` ``β_C L_C`` and ``orthogonal`` ``β_S L_S`` (the last two with fusion only)."""
         user_all, item_all, modal, parts = self._forward()
-        u, p, n = user_all[users], item_all[pos], item_all[neg]
-        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
-        ego_u, ego_i = self.ego_embeddings()
-        terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], ego_i[pos], ego_i[neg])
+        terms = self.bpr_terms(user_all, item_all, users, pos, neg)
         if not self.fusion:
             return terms
         if self.beta_c > 0:  # β_C = 0 skips L_C's cost (the term is still reported, as 0)

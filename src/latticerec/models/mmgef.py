@@ -59,8 +59,8 @@ from latticerec.graphs.fusion import FUSIONS, fuse_features
 from latticerec.graphs.knn import weighted_spmm
 from latticerec.graphs.sparse import spmm, symmetric_spmm
 from latticerec.models.backbones import Backbone
-from latticerec.models.base import ModelInputs, Recommender
-from latticerec.models.lattice import LatentStructure, add_item_signal, propagate_items, select_modalities
+from latticerec.models.base import ModelInputs
+from latticerec.models.lattice import LatentStructure, StructureModel, propagate_items, select_modalities
 
 FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
 
@@ -138,18 +138,15 @@ class SoftAttention(nn.Module):
         return torch.softmax(scores, dim=1)
 
 
-class MMGEF(Recommender):
+class MMGEF(StructureModel):
     """MM-GEF wrapped around a backbone (composition: any :class:`Backbone` works)."""
 
     Config = MMGEFConfig
-    wraps_backbone = True
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
                  item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False):
-        super().__init__()
-        self.backbone, self.structure = backbone, structure
+        super().__init__(backbone, structure)
         self.item_layers = item_layers
-        self.reg_weight = backbone.reg_weight
         self.use_cf = cf_graph is not None
         self.cf_symmetric = cf_symmetric  # E^c = E^cᵀ (no top-k): the backward pass reuses it
         if self.use_cf:
@@ -165,13 +162,6 @@ class MMGEF(Recommender):
                                     backbone.embed_dim, cfg.knn_k, cfg.lambda_coeff)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)
         return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0)
-
-    def ego_embeddings(self):
-        return self.backbone.ego_embeddings()
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.structure.request_rebuild()
-        self.backbone.on_epoch_start(epoch)
 
     def content_terms(self):
         """``E^m`` (eq. 1-2 with LATTICE's skip connection) as weighted sparse terms."""
@@ -201,7 +191,3 @@ class MMGEF(Recommender):
         for _ in range(self.item_layers - 1):
             h = w_m * weighted_spmm(terms, h) + w_c * self._cf(h)
         return (h, weights) if return_weights else h
-
-    def propagate(self):
-        users, items = self.backbone.propagate()
-        return users, add_item_signal(items, self.item_structure_embedding())
