@@ -13,6 +13,7 @@ from latticerec.graphs.knn import (
     symmetric_normalize,
     weighted_spmm,
 )
+from latticerec.graphs.sparse import ConstantCSR
 
 
 def dense_reference(x: np.ndarray, k: int, normalize: bool = True) -> np.ndarray:
@@ -128,6 +129,22 @@ def test_skip_connection_and_weighted_product_equal_the_dense_sum():
         assert torch.allclose(got, ref, atol=1e-6)
     with pytest.raises(ValueError, match="lambda"):
         skip_connection(s, a, 1.5)
+
+
+def test_constant_csr_product_has_the_dense_gradient_on_a_directed_graph():
+    x = torch.randn(40, 6, generator=torch.Generator().manual_seed(5))
+    g = knn_graph(x, 3)  # directed kNN: Gᵀ != G, so a wrong transpose would show
+    dense = g.to_dense()
+    assert not torch.allclose(dense, dense.T)
+    w = torch.randn(40, 4, generator=torch.Generator().manual_seed(6))
+    h1 = torch.randn(40, 4, requires_grad=True)
+    h2 = h1.detach().clone().requires_grad_(True)
+    ((ConstantCSR.of(g) @ (ConstantCSR.of(g) @ h1)) * w).sum().backward()
+    ((dense @ (dense @ h2)) * w).sum().backward()
+    assert torch.allclose(h1.grad, h2.grad, atol=1e-6)
+    terms = skip_connection(ConstantCSR.of(g), g, 0.4)
+    assert torch.allclose(weighted_spmm(terms, h2.detach()), (0.4 * dense + 0.6 * dense) @ h2.detach(),
+                          atol=1e-6)
 
 
 def test_graph_cache_reuses_and_repairs_entries(tmp_path):

@@ -140,6 +140,19 @@ def test_a_checkpoint_restores_the_learned_graph(blocks):
     assert torch.equal(users, u2) and torch.equal(items, i2)
 
 
+def test_loading_a_state_replaces_the_learned_graph_a_model_had_cached(blocks):
+    cfg = resolve_config("lattice", {"epochs": "2"}).train
+    a, b = _lattice(blocks), _lattice(blocks)
+    fit(a, blocks, cfg, progress=False)
+    fit(b, blocks, dataclasses.replace(cfg, lr=0.01), progress=False)
+    b.eval()
+    b.full_representations()  # b now holds its own learned graph, transposed, between rebuilds
+    b.load_state_dict(a.state_dict())
+    a.eval()
+    for got, want in zip(b.full_representations(), a.full_representations(), strict=True):
+        assert torch.equal(got, want)
+
+
 def test_cli_trains_lattice_with_a_backbone_and_caches_graphs(tmp_path, capsys):
     out = tmp_path / "run"
     cache = tmp_path / "cache"

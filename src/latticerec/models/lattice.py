@@ -36,6 +36,7 @@ from latticerec.graphs.knn import (
     symmetric_normalize,
     weighted_spmm,
 )
+from latticerec.graphs.sparse import ConstantCSR, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
 
@@ -108,6 +109,7 @@ class LatentStructure(nn.Module):
                     "learn a graph from: set lambda_coeff=1 (use the given graphs as they are)")
         for m, g in initial.items():
             self.register_buffer(f"initial_{m}", g, persistent=False)
+            self.register_buffer(f"initial_t_{m}", transpose_csr(g), persistent=False)
         proj_names = [m for m in self.names if m in features] if (self.learn or project) else []
         for m in proj_names:
             self.register_buffer(f"feat_{m}", features[m].float(), persistent=False)
@@ -120,6 +122,14 @@ class LatentStructure(nn.Module):
         # whether the learned-graph buffers hold a graph (a checkpoint carries it)
         self.register_buffer("learned_ready", torch.zeros((), dtype=torch.bool))
         self._rebuild = True
+        # the learned graphs between rebuilds, with their transposes (see ConstantCSR); dropped
+        # whenever the buffers they come from change: rebuild, load_state_dict, .to()
+        self._constant: dict[str, ConstantCSR] = {}
+        self.register_load_state_dict_post_hook(lambda module, _keys: module._constant.clear())
+
+    def _apply(self, fn, *args, **kwargs):
+        self._constant = {}
+        return super()._apply(fn, *args, **kwargs)
 
     def request_rebuild(self) -> None:
         """Mark the learned graphs stale: the next training-mode call rebuilds them with gradient."""
@@ -132,13 +142,16 @@ class LatentStructure(nn.Module):
     def _learned(self, m: str, with_grad: bool) -> torch.Tensor:
         nbr_buf, val_buf = getattr(self, f"learned_nbr_{m}"), getattr(self, f"learned_val_{m}")
         if not with_grad and bool(self.learned_ready):
-            return dense_rows_to_csr(nbr_buf, val_buf)
+            if m not in self._constant:
+                self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
+            return self._constant[m]
         with torch.set_grad_enabled(with_grad):
             feats = self.projected(m)
             nbr = knn_indices(feats, self.knn_k)
             val = symmetric_normalize(nbr, knn_values(feats, nbr))
         nbr_buf.copy_(nbr)
         val_buf.copy_(val.detach())
+        self._constant.pop(m, None)
         return dense_rows_to_csr(nbr, val)
 
     def graphs(self) -> dict[str, GraphTerms]:
@@ -146,7 +159,7 @@ class LatentStructure(nn.Module):
         with_grad = self.learn and self.training and self._rebuild and torch.is_grad_enabled()
         out = {}
         for m in self.names:
-            initial = getattr(self, f"initial_{m}")
+            initial = ConstantCSR(getattr(self, f"initial_{m}"), getattr(self, f"initial_t_{m}"))
             if not self.learn:
                 out[m] = [(1.0, initial)]
                 continue

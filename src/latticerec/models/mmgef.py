@@ -57,7 +57,7 @@ from latticerec.errors import ConfigError
 from latticerec.graphs.cooccurrence import NORMALIZATIONS, cooccurrence_graph
 from latticerec.graphs.fusion import FUSIONS, fuse_features
 from latticerec.graphs.knn import weighted_spmm
-from latticerec.graphs.sparse import spmm, symmetric_spmm
+from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
 from latticerec.models.lattice import LatentStructure, StructureModel, propagate_items, select_modalities
@@ -151,6 +151,8 @@ class MMGEF(StructureModel):
         self.cf_symmetric = cf_symmetric  # E^c = E^cᵀ (no top-k): the backward pass reuses it
         if self.use_cf:
             self.register_buffer("cf_graph", cf_graph, persistent=False)
+            self.register_buffer("cf_graph_t", None if cf_symmetric else transpose_csr(cf_graph),
+                                 persistent=False)
         # one graph (w/o CF) leaves the attention nothing to weigh: see the module docstring
         self.attention = SoftAttention(backbone.embed_dim) if (attention and self.use_cf) else None
 
@@ -175,7 +177,7 @@ class MMGEF(StructureModel):
         return views[0].new_full((n, len(views)), 1.0 / len(views))
 
     def _cf(self, x: torch.Tensor) -> torch.Tensor:
-        return symmetric_spmm(self.cf_graph, x) if self.cf_symmetric else spmm(self.cf_graph, x)
+        return constant_spmm(self.cf_graph, x, self.cf_graph_t)
 
     def item_structure_embedding(self, return_weights: bool = False):
         """``h = (E^u)^L X`` (eq. 5-6) with ``X`` the backbone's item ID embeddings."""
