@@ -83,18 +83,11 @@ class ConstantCSR(NamedTuple):
     def of(cls, adj: torch.Tensor) -> ConstantCSR:
         return cls(adj, transpose_csr(adj))
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.csr.shape
-
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
-        return constant_spmm(self.csr, x, self.csr_t)
+        return spmm(self, x)
 
     def to_dense(self) -> torch.Tensor:
         return self.csr.to_dense()
-
-    def detach(self) -> torch.Tensor:
-        return self.csr
 
 
 def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

@@ -148,9 +148,9 @@ class MMGEF(StructureModel):
         super().__init__(backbone, structure)
         self.item_layers = item_layers
         self.use_cf = cf_graph is not None
-        self.cf_symmetric = cf_symmetric  # E^c = E^cᵀ (no top-k): the backward pass reuses it
         if self.use_cf:
             self.register_buffer("cf_graph", cf_graph, persistent=False)
+            # E^cᵀ for the backward pass; none when E^c = E^cᵀ (no top-k), which reuses E^c
             self.register_buffer("cf_graph_t", None if cf_symmetric else transpose_csr(cf_graph),
                                  persistent=False)
         # one graph (w/o CF) leaves the attention nothing to weigh: see the module docstring
