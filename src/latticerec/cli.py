@@ -102,19 +102,6 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_recommend(args) -> int:
-    from latticerec.serve.runs import load_run, recommend
-
-    loaded = load_run(args.run)
-    ds = loaded.dataset
-    user = ds.user_index(args.user)
-    recs = recommend(loaded.model, ds, user, args.k)
-    print(f"top {len(recs)} items for user {args.user} ({loaded.run.model}, {ds.name}):")
-    for rank, (item, score) in enumerate(recs, start=1):
-        print(f"{rank:3d}  item {ds.raw_item_id(item):>10}  score {score:.4f}")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     from latticerec.models.registry import BACKBONES, MODELS
 
@@ -144,12 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     e.set_defaults(func=cmd_evaluate)
 
-    r = sub.add_parser("recommend", help="print a user's top items from a saved run")
-    r.add_argument("--run", required=True)
-    r.add_argument("--user", required=True, help="user id as in the dataset files")
-    r.add_argument("-k", type=int, default=20)
-    r.set_defaults(func=cmd_recommend)
+    from latticerec.serve.commands import add_serve_parser
 
+    add_serve_parser(sub)
     from latticerec.data.commands import add_data_parser
 
     add_data_parser(sub)

@@ -1,46 +1,32 @@
 """LATTICE (Zhang et al., ACM MM 2021): latent item structures mined from multimodal features,
 plugged into any collaborative-filtering backbone.
 
-Equation numbers follow section 3.1-3.2 of the MICRO paper (TKDE), which restates LATTICE:
+LATTICE = backbone + :class:`~latticerec.models.structure.LatentStructure` (eq. 1-5), then
 
-* eq. 1-3  initial graphs ``S̃_m``: cosine kNN over the raw features of modality ``m``, normalised;
-* eq. 4    projections ``ẽ_m = W_m e_m + b_m`` and the learned graphs ``Ã_m`` (eq. 1-3 on ``ẽ_m``);
-* eq. 5    skip connection ``A_m = λ S̃_m + (1 - λ) Ã_m``;
-* LATTICE  aggregate ``A = Σ_m α_m A_m`` with ``α = softmax(scores)`` over learnable scores;
+* aggregate ``A = Σ_m α_m A_m`` with ``α = softmax(scores)`` over learnable scores;
 * eq. 6    light graph convolution ``H = A^L X`` over the item ID embeddings ``X``;
 * the backbone's item representations become ``x̃_i + h_i / ‖h_i‖``; score ``ŷ_ui = x̃_uᵀ (…)``.
 
-The learned graphs are rebuilt once per epoch, on the epoch's first batch, as in the released code:
-that batch back-propagates through the graph values into ``W_m, b_m``; later batches of the epoch
-reuse the graph detached (a rebuild costs ``N² d`` flops). The modality weights ``α`` are used
-live, so they learn from every batch.
-
-:class:`LatentStructure` (the per-modality graphs ``A_m``) is shared with MICRO and MM-GEF.
+The modality weights ``α`` are used live, so they learn from every batch.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from latticerec.errors import ConfigError
-from latticerec.graphs.knn import (
-    dense_rows_to_csr,
-    knn_indices,
-    knn_values,
-    skip_connection,
-    symmetric_normalize,
-    weighted_spmm,
-)
-from latticerec.graphs.sparse import ConstantCSR, transpose_csr
 from latticerec.models.backbones import Backbone
-from latticerec.models.base import ModelInputs, Recommender
-
-GraphTerms = list[tuple[float | torch.Tensor, torch.Tensor]]
+from latticerec.models.base import ModelInputs
+from latticerec.models.structure import (
+    LatentStructure,
+    StructureModel,
+    build_structure,
+    feature_input,
+    propagate_items,
+)
 
 
 @dataclass(frozen=True)
@@ -70,129 +56,6 @@ class LatticeConfig:
             raise ValueError(f"modalities {self.modalities} lists a modality twice")
 
 
-def select_modalities(wanted: tuple[str, ...], inputs: ModelInputs) -> list[str]:
-    """The modalities a model uses: ``wanted`` (checked to exist) or all features and item graphs."""
-    available = list(inputs.features) + [g for g in inputs.item_graphs if g not in inputs.features]
-    if not available:
-        raise ConfigError("this model needs item features or a precomputed item graph, and the "
-                          "dataset has neither (add <modality>_feat.npy or item_knn*.npz)")
-    chosen = list(wanted) if wanted else available
-    missing = [m for m in chosen if m not in available]
-    if missing:
-        raise ConfigError(f"modalities: {', '.join(missing)} not in the dataset; "
-                          f"available: {', '.join(available)}")
-    for m in chosen:
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m):
-            raise ConfigError(f"modality name {m!r} must be an identifier (letters, digits, _)")
-    return chosen
-
-
-class LatentStructure(nn.Module):
-    """The per-modality latent graphs ``A_m = λ S̃_m + (1 - λ) Ã_m`` (eq. 1-5).
-
-    Raw features are fixed buffers; the projections ``W_m, b_m`` (eq. 4) are the trainable part.
-    The learned graphs' neighbour lists and values are persistent buffers, so a checkpoint restores
-    the exact graph a model was evaluated with.
-    """
-
-    def __init__(self, initial: dict[str, torch.Tensor], features: dict[str, torch.Tensor],
-                 embed_dim: int, knn_k: int, lam: float, project: bool = False):
-        super().__init__()
-        self.names = list(initial)
-        self.knn_k, self.lam = knn_k, lam
-        self.learn = lam < 1.0
-        if self.learn:
-            no_feats = [m for m in self.names if m not in features]
-            if no_feats:
-                raise ConfigError(
-                    f"modalities {', '.join(no_feats)} have a precomputed graph but no features to "
-                    "learn a graph from: set lambda_coeff=1 (use the given graphs as they are)")
-        for m, g in initial.items():
-            self.register_buffer(f"initial_{m}", g, persistent=False)
-            self.register_buffer(f"initial_t_{m}", transpose_csr(g), persistent=False)
-        proj_names = [m for m in self.names if m in features] if (self.learn or project) else []
-        for m in proj_names:
-            self.register_buffer(f"feat_{m}", features[m].float(), persistent=False)
-        self.projections = nn.ModuleDict({m: nn.Linear(features[m].shape[1], embed_dim)
-                                          for m in proj_names})
-        n_items = next(iter(initial.values())).shape[0]
-        for m in self.names if self.learn else []:
-            self.register_buffer(f"learned_nbr_{m}", torch.zeros(n_items, knn_k, dtype=torch.long))
-            self.register_buffer(f"learned_val_{m}", torch.zeros(n_items, knn_k))
-        # whether the learned-graph buffers hold a graph (a checkpoint carries it)
-        self.register_buffer("learned_ready", torch.zeros((), dtype=torch.bool))
-        self._rebuild = True
-        # the learned graphs between rebuilds, with their transposes (see ConstantCSR); dropped
-        # whenever the buffers they come from change: rebuild, load_state_dict, .to()
-        self._constant: dict[str, ConstantCSR] = {}
-        self.register_load_state_dict_post_hook(lambda module, _keys: module._constant.clear())
-
-    def _apply(self, fn, *args, **kwargs):
-        self._constant = {}
-        return super()._apply(fn, *args, **kwargs)
-
-    def request_rebuild(self) -> None:
-        """Mark the learned graphs stale: the next training-mode call rebuilds them with gradient."""
-        self._rebuild = True
-
-    def projected(self, m: str) -> torch.Tensor:
-        """``ẽ_m = W_m e_m + b_m`` (eq. 4) for every item."""
-        return self.projections[m](getattr(self, f"feat_{m}"))
-
-    def _learned(self, m: str, with_grad: bool) -> torch.Tensor:
-        nbr_buf, val_buf = getattr(self, f"learned_nbr_{m}"), getattr(self, f"learned_val_{m}")
-        if not with_grad and bool(self.learned_ready):
-            if m not in self._constant:
-                self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
-            return self._constant[m]
-        with torch.set_grad_enabled(with_grad):
-            feats = self.projected(m)
-            nbr = knn_indices(feats, self.knn_k)
-            val = symmetric_normalize(nbr, knn_values(feats, nbr))
-        nbr_buf.copy_(nbr)
-        val_buf.copy_(val.detach())
-        self._constant.pop(m, None)
-        return dense_rows_to_csr(nbr, val)
-
-    def graphs(self) -> dict[str, GraphTerms]:
-        """``A_m`` of every modality as weighted sparse terms (eq. 5)."""
-        with_grad = self.learn and self.training and self._rebuild and torch.is_grad_enabled()
-        out = {}
-        for m in self.names:
-            initial = ConstantCSR(getattr(self, f"initial_{m}"), getattr(self, f"initial_t_{m}"))
-            if not self.learn:
-                out[m] = [(1.0, initial)]
-                continue
-            out[m] = skip_connection(initial, self._learned(m, with_grad), self.lam)
-        if self.learn:
-            self.learned_ready.fill_(True)
-        if with_grad:
-            self._rebuild = False
-        return out
-
-
-def propagate_items(terms: GraphTerms, x: torch.Tensor, n_layers: int) -> torch.Tensor:
-    """Eq. 6 stacked ``L`` times: ``H_(l) = A H_(l-1)``, ``H_(0) = X``; returns ``H_(L)``."""
-    for _ in range(n_layers):
-        x = weighted_spmm(terms, x)
-    return x
-
-
-def add_item_signal(items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``x̃_i + h_i / ‖h_i‖``. A backbone whose output stacks ``r`` blocks of width ``d`` (NGCF's
-    layer concatenation) gets ``h`` added to every block, i.e. to each layer's item embedding."""
-    reps, rem = divmod(items.shape[1], h.shape[1])
-    if rem:
-        raise ValueError(f"backbone width {items.shape[1]} is not a multiple of {h.shape[1]}")
-    h = F.normalize(h, p=2, dim=1)
-    return items + (h.repeat(1, reps) if reps > 1 else h)
-
-
-def feature_input(structure: LatentStructure) -> torch.Tensor:
-    """Mean of the projected features ``ẽ_m`` (eq. 4): the ``feats`` ablations' graph input."""
-    return torch.stack([structure.projected(m) for m in structure.projections]).mean(0)
-
-
 def lattice_item_embedding(structure: LatentStructure, alpha: torch.Tensor, backbone: Backbone,
                            item_layers: int, cf_feats: bool = False,
                            feats_input: bool = False) -> torch.Tensor:
@@ -206,33 +69,6 @@ def lattice_item_embedding(structure: LatentStructure, alpha: torch.Tensor, back
     terms = [(a * w, g) for a, m in zip(alpha, structure.names, strict=True) for w, g in graphs[m]]
     x = feature_input(structure) if feats_input else backbone.item_embedding.weight
     return propagate_items(terms, x, item_layers)
-
-
-class StructureModel(Recommender):
-    """What LATTICE, MICRO and MM-GEF share: the backbone they wrap (its ID tables carry the L2
-    term), a :class:`LatentStructure` whose learned graphs are rebuilt once per epoch, and scores
-    with ``item_structure_embedding()`` added to the backbone's items (L2-normalised)."""
-
-    wraps_backbone = True
-
-    def __init__(self, backbone: Backbone, structure: LatentStructure):
-        super().__init__()
-        self.backbone, self.structure = backbone, structure
-        self.reg_weight = backbone.reg_weight
-
-    def ego_embeddings(self):
-        return self.backbone.ego_embeddings()
-
-    def on_epoch_start(self, epoch: int) -> None:
-        self.structure.request_rebuild()
-        self.backbone.on_epoch_start(epoch)
-
-    def item_structure_embedding(self) -> torch.Tensor:  # pragma: no cover - abstract
-        raise NotImplementedError
-
-    def propagate(self):
-        users, items = self.backbone.propagate()
-        return users, add_item_signal(items, self.item_structure_embedding())
 
 
 class Lattice(StructureModel):
@@ -263,12 +99,3 @@ class Lattice(StructureModel):
                                       self.item_layers, self.cf_feats, self.feats_input)
 
 
-def build_structure(cfg, inputs: ModelInputs, embed_dim: int) -> LatentStructure:
-    """Initial graphs for the chosen modalities (precomputed item graphs are used as given; features
-    get the cached kNN graph of eq. 1-3) and the learned-graph machinery around them."""
-    names = select_modalities(cfg.modalities, inputs)
-    initial = {m: inputs.knn_graph(inputs.features[m], cfg.knn_k) if m in inputs.features
-               else inputs.item_graphs[m] for m in names}
-    feats = {m: inputs.features[m] for m in names if m in inputs.features}
-    project = bool(getattr(cfg, "cf_feats", False) or getattr(cfg, "feats_input", False))
-    return LatentStructure(initial, feats, embed_dim, cfg.knn_k, cfg.lambda_coeff, project=project)

@@ -36,17 +36,16 @@ from latticerec.errors import ConfigError
 from latticerec.graphs.sparse import constant_spmm, to_scipy_csr, to_torch_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.lattice import (
+from latticerec.models.lattice import LatticeConfig, lattice_item_embedding
+from latticerec.models.losses import info_nce, orthogonality_loss
+from latticerec.models.structure import (
     LatentStructure,
-    LatticeConfig,
     StructureModel,
     add_item_signal,
     build_structure,
     feature_input,
-    lattice_item_embedding,
     propagate_items,
 )
-from latticerec.models.losses import info_nce, orthogonality_loss
 
 
 @dataclass(frozen=True)

@@ -60,7 +60,7 @@ from latticerec.graphs.knn import weighted_spmm
 from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.lattice import LatentStructure, StructureModel, propagate_items, select_modalities
+from latticerec.models.structure import LatentStructure, StructureModel, propagate_items, select_modalities
 
 FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
 
