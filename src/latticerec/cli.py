@@ -1,4 +1,8 @@
-"""The ``latticerec`` command line: train, evaluate and recommend."""
+"""The latticerec command line: train, evaluate, export, serve and recommend; prepare datasets.
+
+Errors a user can cause (bad data, options or run folders) are printed as one line,
+"latticerec: error: ...", with exit status 2.
+"""
 
 from __future__ import annotations
 
@@ -27,75 +31,95 @@ def _default_out(model: str, data: str) -> Path:
     return Path("runs") / f"{model}-{stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
-
-
-def _training_config(config: dict) -> dict:
-    """A run's config without its stopping rule: what must match for ``--resume``."""
-    return {**config, "train": {k: v for k, v in config["train"].items() if k not in STOPPING_KEYS}}
-
-
-def cmd_train(args) -> int:
+def _train_overrides(args) -> dict:
     from latticerec.config import parse_overrides
-    from latticerec.data.readers import load_dataset
-    from latticerec.graphs.cache import KnnGraphCache
-    from latticerec.io import atomic_write_json
     from latticerec.models.registry import get_model_class
-    from latticerec.serve.runs import METRICS, RUN_CONFIG
-    from latticerec.train.build import build_model, resolve_config, resolve_device
-    from latticerec.train.trainer import fit
 
     overrides = parse_overrides([kv for group in args.set or [] for kv in group])
-    if args.epochs is not None:
-        overrides["epochs"] = args.epochs
-    if args.seed is not None:
-        overrides["seed"] = args.seed
+    for name in ("epochs", "seed"):  # parsed and range-checked with the config, like --set
+        if getattr(args, name) is not None:
+            overrides[name] = getattr(args, name)
     if args.backbone is not None:
         if not getattr(get_model_class(args.model), "wraps_backbone", False):
             raise LatticeRecError(f"--backbone: model {args.model!r} does not wrap a backbone")
         overrides["backbone"] = args.backbone
-    run = resolve_config(args.model, overrides)
+    return overrides
+
+
+def _check_resumable(run_dir, saved: dict | None, config: dict, data_spec: str) -> None:
+    """``--resume`` continues the run saved in the folder: same model, data and options (only the
+    stopping rule, ``epochs`` and ``patience``, may change)."""
+    from latticerec.train.trainer import STOPPING_KEYS
+
+    def training(c: dict) -> dict:
+        return {**c, "train": {k: v for k, v in c["train"].items() if k not in STOPPING_KEYS}}
+
+    if saved is None:
+        raise LatticeRecError(f"--resume: {run_dir.path} holds no run to resume")
+    if training(saved["config"]) != training(config) or saved["data"] != data_spec:
+        raise LatticeRecError(f"--resume: the options differ from the run saved in {run_dir.path}; "
+                              "give the same --model/--data/--set as the original run (only the "
+                              "stopping rule, --epochs and patience, may change)")
+
+
+def cmd_train(args) -> int:
+    from latticerec.data.readers import load_dataset
+    from latticerec.graphs.cache import KnnGraphCache
+    from latticerec.train.build import build_model, resolve_config, resolve_device
+    from latticerec.train.rundir import RunDir
+    from latticerec.train.trainer import fit
+
+    run = resolve_config(args.model, _train_overrides(args))
     device = resolve_device(args.device)
-    out = Path(args.out) if args.out else _default_out(args.model, args.data)
+    run_dir = RunDir(args.out or _default_out(args.model, args.data))
     data_spec = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
-    if args.resume:
-        saved = json.loads((out / RUN_CONFIG).read_text()) if (out / RUN_CONFIG).exists() else None
-        if saved is None:
-            raise LatticeRecError(f"--resume: {out} holds no run to resume")
-        if _training_config(saved["config"]) != _training_config(run.to_dict()) \
-                or saved["data"] != data_spec:
-            raise LatticeRecError(f"--resume: the options differ from the run saved in {out}; "
-                                  "give the same --model/--data/--set as the original run (only "
-                                  "the stopping rule, --epochs and patience, may change)")
-    dataset = load_dataset(args.data)
-    model = build_model(run, dataset, device, KnnGraphCache(args.cache_dir))
-    meta = {"model": args.model, "data": data_spec, "config": run.to_dict()}
-    atomic_write_json(out / RUN_CONFIG, meta)
-    print(f"{args.model} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-          f"{dataset.train.nnz} train interactions; run folder {out}", file=sys.stderr)
-    result = fit(model, dataset, run.train, out_dir=out, resume=args.resume,
-                 log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
-    metrics = {"model": args.model, "data": data_spec, **{k: v for k, v in result.items()
-                                                           if k != "history"},
-               "config": run.to_dict(), "dataset": dataset.summary(), "history": result["history"]}
-    atomic_write_json(out / METRICS, metrics)
+    cache = KnnGraphCache(args.cache_dir)
+    cache.check_writable()  # before the data load: a read-only or full disk is reported at once
+    with run_dir.lock():  # checks the folder is writable; held until the run is written
+        run_dir.prepare(args.resume, args.overwrite)
+        saved = run_dir.read_config() if args.resume and run_dir.has_config() else None
+        if args.resume:
+            _check_resumable(run_dir, saved, run.to_dict(), data_spec)
+        dataset = load_dataset(args.data)
+        data_hash = dataset.content_hash()
+        if saved is not None and saved.get("dataset_hash") != data_hash:
+            raise LatticeRecError(
+                f"--resume: the data in {args.data} changed since the run in {run_dir.path} was "
+                "trained (content hash differs)" if saved.get("dataset_hash") else
+                f"--resume: {run_dir.file(RunDir.CONFIG)} has no dataset hash (an older latticerec "
+                "wrote it), so the data cannot be checked; start again with --overwrite")
+        model = build_model(run, dataset, device, cache)
+        run_dir.write_config({"model": args.model, "data": data_spec, "config": run.to_dict(),
+                              "dataset_hash": data_hash})
+        print(f"{args.model} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
+              f"{dataset.train.nnz} train interactions; run folder {run_dir.path}", file=sys.stderr)
+        result = fit(model, dataset, run.train, out_dir=run_dir, resume=args.resume,
+                     log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
+        run_dir.write_metrics({"model": args.model, "data": data_spec,
+                               **{k: v for k, v in result.items() if k != "history"},
+                               "config": run.to_dict(), "dataset": dataset.summary(),
+                               "dataset_hash": data_hash, "history": result["history"]})
     print(f"best valid epoch {result['best_epoch']} of {result['epochs_run']} "
           f"({result['train_seconds']:.1f} s training)")
     print(_format_table(result["valid"], result["test"], run.train.topk))
-    print(f"wrote {out / METRICS}")
+    print(f"wrote {run_dir.file(RunDir.METRICS)} and per-user test metrics "
+          f"{run_dir.file(RunDir.PER_USER)}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from latticerec.serve.runs import load_run
+    from latticerec.graphs.cache import KnnGraphCache
     from latticerec.train.build import resolve_device
+    from latticerec.train.rundir import RunDir, load_trained
     from latticerec.train.trainer import evaluate_split
 
-    loaded = load_run(args.run, resolve_device(args.device))
-    cfg = loaded.run.train
-    valid = evaluate_split(loaded.model, loaded.dataset, "valid", cfg)
-    test = evaluate_split(loaded.model, loaded.dataset, "test", cfg)
-    print(f"{loaded.run.model} on {loaded.dataset.name} ({args.run})")
+    cache = KnnGraphCache(args.cache_dir)
+    cache.check_writable()
+    trained = load_trained(RunDir(args.run), resolve_device(args.device), cache)
+    cfg = trained.run.train
+    valid = evaluate_split(trained.model, trained.dataset, "valid", cfg)
+    test = evaluate_split(trained.model, trained.dataset, "test", cfg)
+    print(f"{trained.run.model} on {trained.dataset.name} ({args.run})")
     print(_format_table(valid, test, cfg.topk))
     if args.json:
         print(json.dumps({"valid": valid, "test": test}, indent=2))
@@ -105,7 +129,10 @@ def cmd_evaluate(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     from latticerec.models.registry import BACKBONES, MODELS
 
-    parser = argparse.ArgumentParser(prog="latticerec", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="latticerec", description="Multimodal recommendation by latent item structures (LATTICE, "
+        "MICRO, MM-GEF on MF/NGCF/LightGCN): train and evaluate models, export and serve them, "
+        "prepare datasets. Errors are printed as 'latticerec: error: ...' with exit status 2.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model, evaluate it, write DIR/metrics.json")
@@ -113,13 +140,17 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--data", default="synthetic", help="dataset folder or 'synthetic'")
     t.add_argument("--backbone", choices=sorted(BACKBONES),
                    help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")
-    t.add_argument("--seed", type=int)
-    t.add_argument("--epochs", type=int)
+    t.add_argument("--seed", help="random seed, an integer in [0, 2**32 - 1] (default 2024)")
+    t.add_argument("--epochs", help="maximum number of epochs (default 1000)")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config value (e.g. --set lr=0.001 n_layers=2)")
     t.add_argument("--out", help="run folder (default runs/<model>-<data>-<time>)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
-    t.add_argument("--resume", action="store_true", help="continue the run in --out")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its last checkpoint (same data and options; "
+                   "only --epochs and patience may change)")
+    t.add_argument("--overwrite", action="store_true",
+                   help="replace the run already in --out (without it an existing run is refused)")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--cache-dir", help="where initial kNN graphs are cached "
                    "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")
@@ -129,6 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--run", required=True)
     e.add_argument("--device", default="cpu")
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
+    e.add_argument("--cache-dir", help="where initial kNN graphs are cached "
+                   "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")
     e.set_defaults(func=cmd_evaluate)
 
     from latticerec.serve.commands import add_serve_parser
@@ -147,9 +180,17 @@ def main(argv: list[str] | None = None) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("default")
             return args.func(args)
-    except (LatticeRecError, FileNotFoundError, FloatingPointError, RuntimeError, ValueError) as exc:
-        print(f"latticerec: error: {exc}", file=sys.stderr)
-        return 2
+    except (LatticeRecError, FileNotFoundError, RuntimeError, ValueError) as exc:
+        message = str(exc)
+    except OSError as exc:  # a read or write the code did not wrap: still a line, not a traceback
+        message = f"{getattr(exc, 'filename', None) or ''}: {exc.strerror or exc}".lstrip(": ")
+    except MemoryError:
+        message = "out of memory (a dataset, model or option too large for this machine)"
+    except KeyboardInterrupt:
+        print("latticerec: interrupted", file=sys.stderr)
+        return 130
+    print(f"latticerec: error: {message}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

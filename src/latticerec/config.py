@@ -7,6 +7,8 @@ Unknown keys are errors that list the valid ones; values are parsed to the field
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import types
 import typing
 from dataclasses import dataclass
@@ -16,6 +18,51 @@ from latticerec.errors import ConfigError
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
+
+
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+MAX_INT = 2**63 - 1  # every integer option fits an int64
+
+
+def _scalar(text: Any, tp: Any, key: str) -> Any:
+    """``text`` (a string from ``--set`` or a JSON value) as an ``int``, ``float``, ``bool`` or ``str``.
+
+    Integers are plain decimal digits (not ``1e1``, ``1_9`` or ``2.0``), within int64; floats are
+    decimal or scientific numbers and must be finite (``nan``, ``inf`` are refused for every field)."""
+    name = getattr(tp, "__name__", str(tp))
+    if tp is bool:
+        if isinstance(text, bool):
+            return text
+        if isinstance(text, str) and text.lower() in _TRUE | _FALSE:
+            return text.lower() in _TRUE
+    elif tp is int:
+        if isinstance(text, int) and not isinstance(text, bool):
+            value = text
+        elif isinstance(text, str) and _INT.fullmatch(text.strip()):
+            value = int(text)
+        else:
+            value = None
+        if value is not None:
+            if abs(value) > MAX_INT:
+                raise ConfigError(f"{key}: {text!r} is out of range (|{key}| <= 2**63 - 1)")
+            return value
+    elif tp is float:
+        if isinstance(text, int | float) and not isinstance(text, bool):
+            value = float(text)
+        elif isinstance(text, str) and text.strip().lower().lstrip("+-") in {"nan", "inf", "infinity"}:
+            value = float(text)
+        elif isinstance(text, str) and _FLOAT.fullmatch(text.strip()):
+            value = float(text)
+        else:
+            value = None
+        if value is not None:
+            if not math.isfinite(value):
+                raise ConfigError(f"{key}: {text!r} is not a finite number")
+            return value
+    elif isinstance(text, tp):
+        return text
+    raise ConfigError(f"{key}: expected {name}, got {text!r}")
 
 
 def _parse_value(text: Any, tp: Any, key: str) -> Any:
@@ -29,31 +76,17 @@ def _parse_value(text: Any, tp: Any, key: str) -> Any:
         (elem, *_rest) = typing.get_args(tp)
         if isinstance(text, str):
             parts = [p.strip() for p in text.split(",") if p.strip()]
-        else:
+        elif isinstance(text, list | tuple):
             parts = list(text)
+        else:
+            raise ConfigError(f"{key}: expected a comma-separated list, got {text!r}")
         return tuple(_parse_value(p, elem, key) for p in parts)
-    if typing.get_origin(tp) is typing.Literal:
+    if origin is typing.Literal:
         allowed = typing.get_args(tp)
         if text not in allowed:
             raise ConfigError(f"{key}: {text!r} is not one of {', '.join(map(str, allowed))}")
         return text
-    if not isinstance(text, str):
-        if tp is float and isinstance(text, int | float) and not isinstance(text, bool):
-            return float(text)
-        if isinstance(text, tp):
-            return text
-        raise ConfigError(f"{key}: expected {tp.__name__}, got {text!r}")
-    try:
-        if tp is bool:
-            low = text.lower()
-            if low in _TRUE:
-                return True
-            if low in _FALSE:
-                return False
-            raise ValueError(text)
-        return tp(text)
-    except (ValueError, TypeError):
-        raise ConfigError(f"{key}: expected {getattr(tp, '__name__', tp)}, got {text!r}") from None
+    return _scalar(text, tp, key)
 
 
 def field_types(cls) -> dict[str, Any]:
@@ -125,14 +158,19 @@ class TrainConfig:
     eval_batch_size: int = 4096
     seed: int = 2024
 
+    # (name, smallest, largest): sizes bounded so a typo cannot ask for terabytes of memory
+    INT_RANGES = (("batch_size", 1, 2**24), ("epochs", 1, 10**7), ("eval_every", 1, 10**7),
+                  ("patience", 1, 10**7), ("eval_batch_size", 1, 2**24), ("seed", 0, 2**32 - 1))
+
     def __post_init__(self):
-        if self.lr <= 0:
-            raise ValueError("lr must be > 0")
-        for name in ("batch_size", "epochs", "eval_every", "patience", "eval_batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1")
-        if not self.topk or min(self.topk) < 1:
-            raise ValueError("topk must list positive cut-offs")
+        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        for name, low, high in self.INT_RANGES:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if not self.topk or min(self.topk) < 1 or max(self.topk) > 10**6:
+            raise ValueError("topk must list positive cut-offs (at most 1000000)")
         if 20 not in self.topk:
             raise ValueError("topk must include 20 (early stopping uses valid Recall@20)")
         if self.ndcg not in ("standard", "legacy"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import warnings
 from dataclasses import dataclass, field
 
@@ -76,6 +77,32 @@ class Dataset:
         if not 0 <= idx < self.n_users:
             raise DataError(f"user {raw!r} out of range: dataset {self.name!r} has {self.n_users} users")
         return idx
+
+    def content_hash(self) -> str:
+        """SHA-256 (hex) of what a model learns from: the three interaction matrices, the features,
+        the precomputed item graphs and the cold items, each with its name, shape and dtype. Names,
+        paths and raw ids do not count; the same data under another folder has the same hash."""
+        h = hashlib.sha256(b"latticerec-dataset-v1")
+
+        def add(label: str, arr: np.ndarray, dtype) -> None:
+            arr = np.ascontiguousarray(arr, dtype=dtype)
+            h.update(f"|{label}|{arr.shape}|{arr.dtype.str}|".encode())
+            h.update(memoryview(arr).cast("B"))
+
+        for name in SPLITS:
+            mat = sp.csr_matrix(self.split(name))
+            mat.sort_indices()
+            add(f"{name}.shape", np.asarray(mat.shape), np.int64)
+            add(f"{name}.indptr", mat.indptr, np.int64)
+            add(f"{name}.indices", mat.indices, np.int64)
+            add(f"{name}.data", mat.data, np.float32)
+        for label, group, dtype in (("feature", self.features, np.float32),
+                                    ("graph", self.item_graphs, np.int64),
+                                    ("cold", self.cold_items, np.int64)):
+            for key in sorted(group):
+                add(f"{label}:{key}", group[key], dtype)
+        h.update(f"|rank_cold={self.rank_cold}".encode())
+        return h.hexdigest()
 
     def summary(self) -> dict:
         n_inter = sum(int(self.split(s).nnz) for s in SPLITS)

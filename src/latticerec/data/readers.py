@@ -30,7 +30,9 @@ from latticerec.errors import DataError
 USER_COLUMNS = ("userID", "user_id", "user")
 ITEM_COLUMNS = ("itemID", "item_id", "item")
 LABEL_COLUMNS = ("x_label", "label", "split")
-MAX_ID = 2**40  # ids beyond this would make (user, item) keys overflow int64
+MAX_ID = 2**31  # ids are row indices of int32 sparse matrices and embedding tables
+SPARSE_ID_FACTOR = 10  # the largest id may be at most this many times the number of distinct ids,
+SPARSE_ID_SLACK = 1_000_000  # or below this, whichever is larger
 LATTICE_SPLIT_FILES = {"train": "train.json", "valid": "val.json", "test": "test.json"}
 
 
@@ -68,21 +70,34 @@ def _find_column(header: list[str], names: tuple[str, ...], path: Path, what: st
 
 
 def _parse_int(token: str, path: Path, lineno: int, column: str) -> int:
-    try:
-        value = int(token)
-    except ValueError:
-        try:
-            as_float = float(token)
-        except ValueError:
-            as_float = None
-        if as_float is None or not as_float.is_integer():
-            raise DataError(f"{path}, line {lineno}: {column} {token!r} is not an integer id") from None
-        value = int(as_float)
+    """A plain decimal id: digits only (``1e1``, ``1_9``, ``2.0`` and ``+3`` are refused)."""
+    body = token[1:] if token.startswith("-") else token
+    if not (body.isascii() and body.isdigit()):
+        raise DataError(f"{path}, line {lineno}: {column} {token!r} is not an integer id "
+                        "(decimal digits only)")
+    value = int(token)
     if value < 0:
         raise DataError(f"{path}, line {lineno}: {column} {value} is negative")
     if value >= MAX_ID:
-        raise DataError(f"{path}, line {lineno}: {column} {value} is too large (ids must be < 2**40)")
+        raise DataError(f"{path}, line {lineno}: {column} {value} is too large (ids must be < 2**31)")
     return value
+
+
+def check_dense_ids(ids: np.ndarray, where: np.ndarray, path: Path, what: str, unit: str = "line"
+                    ) -> None:
+    """Ids are row indices (one embedding row per index up to the largest id): refuse ids so far
+    beyond the number of distinct ids that the tables would take memory out of all proportion."""
+    if ids.size == 0:
+        return
+    top = int(ids.max())
+    n_distinct = int(np.unique(ids).size)
+    if top + 1 > max(SPARSE_ID_FACTOR * n_distinct, SPARSE_ID_SLACK):
+        k = int(np.argmax(ids))
+        raise DataError(
+            f"{path}, {unit} {where[k]}: {what} id {top} is far beyond the {n_distinct} distinct "
+            f"{what} ids: ids are row indices 0..N-1 and each index up to the largest gets a row; "
+            f"renumber the {what}s (e.g. with 'latticerec data import-recbole')"
+        )
 
 
 def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -143,8 +158,12 @@ def read_features(folder: Path, n_items: int | None) -> tuple[dict[str, np.ndarr
     for f in sorted(folder.glob("*_feat.npy")):
         try:
             arr = np.load(f, allow_pickle=False)
-        except (ValueError, OSError) as exc:
+        except (ValueError, OSError, EOFError) as exc:
             raise DataError(f"{f}: cannot read as a .npy array ({exc})") from None
+        if not isinstance(arr, np.ndarray):  # np.load opens a .npz archive whatever its name
+            arr.close()
+            raise DataError(f"{f}: is a .npz archive, expected a .npy array (np.save of one "
+                            "items x dims matrix)")
         raw[f.name[: -len("_feat.npy")]] = (f, arr)
     rows = {a.shape[0] if a.ndim else -1 for _, a in raw.values()}
     if n_items is None and raw:
@@ -177,7 +196,9 @@ def read_mmrec(folder: str | Path) -> Dataset:
     path = inters[0]
     users, items, labels, linenos = read_inter_file(path)
     features, n_items = read_features(folder, None)
+    check_dense_ids(users, linenos, path, "user")
     if n_items is None:
+        check_dense_ids(items, linenos, path, "item")
         n_items = int(items.max()) + 1
     else:
         _check_range(items, linenos, n_items, path, "item",
@@ -223,10 +244,10 @@ def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(f"{path}: expected a JSON object mapping user id to a list of item ids")
     users, items, where = [], [], []
     for n, (key, value) in enumerate(obj.items(), start=1):
-        try:
-            u = int(key)
-        except ValueError:
-            raise DataError(f"{path}: entry {n}: user key {key!r} is not an integer id") from None
+        if not (key.isascii() and key.isdigit()):
+            raise DataError(f"{path}: entry {n}: user key {key!r} is not an integer id "
+                            "(decimal digits only)")
+        u = int(key)
         if not 0 <= u < MAX_ID:
             raise DataError(f"{path}: entry {n}: user id {u} is negative or too large")
         if not isinstance(value, list) or not all(
@@ -244,6 +265,11 @@ def read_lattice(folder: str | Path) -> Dataset:
     folder = Path(folder)
     parts = {s: _read_split_json(folder / "5-core" / f) for s, f in LATTICE_SPLIT_FILES.items()}
     features, n_items = read_features(folder, None)
+    for s, (u, i, entry) in parts.items():
+        path = folder / "5-core" / LATTICE_SPLIT_FILES[s]
+        check_dense_ids(u, entry, path, "user", unit="entry")
+        if n_items is None:
+            check_dense_ids(i, entry, path, "item", unit="entry")
     max_item = max(int(p[1].max()) if p[1].size else -1 for p in parts.values())
     if n_items is None:
         n_items = max_item + 1
@@ -276,10 +302,15 @@ def read_item_graphs(folder: Path, n_items: int) -> dict[str, np.ndarray]:
     graphs: dict[str, np.ndarray] = {}
     for f in sorted(folder.glob("item_knn*.npz")):
         try:
-            with np.load(f, allow_pickle=False) as z:
-                arrays = {name: np.asarray(z[name]) for name in z.files}
+            z = np.load(f, allow_pickle=False)
+            if isinstance(z, np.lib.npyio.NpzFile):
+                with z:
+                    arrays = {name: np.asarray(z[name]) for name in z.files}
         except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
             raise DataError(f"{f}: cannot read as a .npz archive of item pairs ({exc})") from None
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise DataError(f"{f}: is a .npy array, expected a .npz archive of (E, 2) item-pair "
+                            "arrays (np.savez)")
         for name, pairs in arrays.items():
             where = f"{f}: graph {name!r}"
             if pairs.ndim != 2 or pairs.shape[1] != 2 or not np.issubdtype(pairs.dtype, np.integer):

@@ -52,22 +52,16 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
         yield batch, top_items, top_scores
 
 
-def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
-                     exclude: list[sp.csr_matrix] | tuple = (), topk=(10, 20, 50),
-                     ndcg: str = "standard", batch_size: int = 1024, progress=None,
-                     candidates: np.ndarray | None = None) -> dict[str, float]:
-    """Mean Recall/Precision/NDCG/HitRate@K over users with >= 1 item in ``target``.
-
-    ``ndcg="legacy"`` uses the LATTICE/MICRO code's NDCG (ideal DCG from retrieved hits).
-    """
+def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
+                      exclude, topk, ndcg: str, batch_size: int, progress, candidates):
+    """``users`` (those with >= 1 item in ``target``), then per batch ``(batch, {metric: values})``."""
     target = sp.csr_matrix(target)
     n_rel_all = np.diff(target.indptr)
     users = np.flatnonzero(n_rel_all > 0)
     if users.size == 0:
         raise ValueError("no user has an item in the evaluation split")
-    kmax = max(topk)
-    sums = {f"{m}@{k}": 0.0 for k in topk for m in ("recall", "precision", "ndcg", "hit")}
-    batches = rank_top_k(user_repr, item_repr, users, kmax, exclude, batch_size, candidates)
+    yield users
+    batches = rank_top_k(user_repr, item_repr, users, max(topk), exclude, batch_size, candidates)
     if progress is not None:
         batches = progress(batches, total=(len(users) + batch_size - 1) // batch_size)
     device = item_repr.device
@@ -77,10 +71,36 @@ def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: s
         relevant[torch.as_tensor(r, device=device), torch.as_tensor(c, device=device)] = True
         hits = relevant.gather(1, top_items)
         n_rel = torch.as_tensor(n_rel_all[batch], device=device)
+        values = {}
         for k in topk:
-            sums[f"recall@{k}"] += recall_at_k(hits, n_rel, k).sum().item()
-            sums[f"precision@{k}"] += precision_at_k(hits, k).sum().item()
-            nd = ndcg_legacy_at_k(hits, k) if ndcg == "legacy" else ndcg_at_k(hits, n_rel, k)
-            sums[f"ndcg@{k}"] += nd.sum().item()
-            sums[f"hit@{k}"] += hit_rate_at_k(hits, k).sum().item()
-    return {key: value / len(users) for key, value in sums.items()}
+            values[f"recall@{k}"] = recall_at_k(hits, n_rel, k)
+            values[f"precision@{k}"] = precision_at_k(hits, k)
+            values[f"ndcg@{k}"] = ndcg_legacy_at_k(hits, k) if ndcg == "legacy" else ndcg_at_k(hits, n_rel, k)
+            values[f"hit@{k}"] = hit_rate_at_k(hits, k)
+        yield batch, values
+
+
+def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
+                     exclude: list[sp.csr_matrix] | tuple = (), topk=(10, 20, 50),
+                     ndcg: str = "standard", batch_size: int = 1024, progress=None,
+                     candidates: np.ndarray | None = None, per_user: bool = False):
+    """Mean Recall/Precision/NDCG/HitRate@K over users with >= 1 item in ``target``.
+
+    ``ndcg="legacy"`` uses the LATTICE/MICRO code's NDCG (ideal DCG from retrieved hits).
+    With ``per_user`` returns ``(means, arrays)``: ``arrays["users"]`` the evaluated user indices and
+    ``arrays[metric]`` each one's value (float64, aligned), e.g. for paired significance tests.
+    """
+    stream = _per_user_batches(user_repr, item_repr, target, exclude, topk, ndcg, batch_size,
+                               progress, candidates)
+    users = next(stream)
+    sums = {f"{m}@{k}": 0.0 for k in topk for m in ("recall", "precision", "ndcg", "hit")}
+    parts: dict[str, list[np.ndarray]] = {key: [] for key in sums}
+    for _, values in stream:
+        for key, v in values.items():
+            sums[key] += v.sum().item()
+            if per_user:
+                parts[key].append(v.detach().double().cpu().numpy())
+    means = {key: value / len(users) for key, value in sums.items()}
+    if not per_user:
+        return means
+    return means, {"users": users.astype(np.int64), **{k: np.concatenate(v) for k, v in parts.items()}}

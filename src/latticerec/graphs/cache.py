@@ -3,6 +3,11 @@
 Building the initial graph of a large catalogue costs seconds to minutes (``N²d`` flops); it depends
 only on the raw features and ``k``, so it is computed once and reused by every later run. Files are
 written atomically, so an interrupted run never leaves a half-written graph behind.
+
+A cache folder may be shared or tampered with, so an entry is trusted only after checks: its stored
+key equals the requested one, ``neighbours`` is an ``(N, k)`` integer array with ``0 <= j < N``,
+``values`` an ``(N, k)`` finite float array. A corrupt, truncated or mismatched entry is rebuilt
+(and overwritten) with a warning. Temporary files of killed writes older than an hour are removed.
 """
 
 from __future__ import annotations
@@ -10,15 +15,18 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import warnings
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from latticerec.graphs.knn import dense_rows_to_csr, knn_indices, knn_values, symmetric_normalize
-from latticerec.io import atomic_write_bytes
+from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
 
 CACHE_VERSION = "knn-v1"  # bump when the graph construction changes
+STALE_TEMP_SECONDS = 3600.0  # a temporary file this old belongs to a killed write
 
 
 def default_cache_dir() -> Path:
@@ -36,6 +44,36 @@ def graph_key(features: torch.Tensor, k: int) -> str:
     return h.hexdigest()[:40]
 
 
+class CacheEntryError(ValueError):
+    """A cache entry failed a check (the message says which)."""
+
+
+def read_entry(path: Path, key: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(neighbours int64, values float32)`` of a cache entry, or :class:`CacheEntryError`."""
+    try:
+        z = np.load(path, allow_pickle=False)
+        if not isinstance(z, np.lib.npyio.NpzFile):
+            raise CacheEntryError("not a .npz archive")
+        with z:
+            arrays = {name: np.asarray(z[name]) for name in ("key", "neighbours", "values")}
+    except KeyError as exc:
+        raise CacheEntryError(f"missing array {exc}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        raise CacheEntryError(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if arrays["key"].shape != () or str(arrays["key"]) != key:
+        raise CacheEntryError("its stored key differs from the file name's features and k")
+    nbr, val = arrays["neighbours"], arrays["values"]
+    if nbr.shape != (n, k) or val.shape != (n, k):
+        raise CacheEntryError(f"shapes {nbr.shape} and {val.shape}, expected ({n}, {k})")
+    if not np.issubdtype(nbr.dtype, np.integer) or not np.issubdtype(val.dtype, np.floating):
+        raise CacheEntryError(f"dtypes {nbr.dtype} and {val.dtype}, expected integer and float")
+    if nbr.size and (nbr.min() < 0 or nbr.max() >= n):
+        raise CacheEntryError(f"neighbour indices outside [0, {n})")
+    if not np.isfinite(val).all():
+        raise CacheEntryError("non-finite values")
+    return nbr.astype(np.int64), val.astype(np.float32)
+
+
 class KnnGraphCache:
     """``cache(features, k)`` returns the normalised kNN graph of eq. 1-3 (a CSR tensor on the
     features' device), from ``folder`` when it was built before."""
@@ -46,27 +84,39 @@ class KnnGraphCache:
         self.hits = 0
         self.misses = 0
 
+    @property
+    def graphs_dir(self) -> Path:
+        return self.folder / "graphs"
+
+    def check_writable(self) -> None:
+        """Prove the cache folder writable (an ``OutputError`` naming it otherwise) and remove the
+        stale temporary files of killed writes."""
+        check_writable(self.graphs_dir, "kNN graph cache folder")
+        remove_stale_temps(self.graphs_dir, older_than=STALE_TEMP_SECONDS)
+
     def path_for(self, features: torch.Tensor, k: int) -> Path:
-        return self.folder / "graphs" / f"knn-{graph_key(features, k)}.npz"
+        return self.graphs_dir / f"knn-{graph_key(features, k)}.npz"
 
     def __call__(self, features: torch.Tensor, k: int) -> torch.Tensor:
-        path = self.path_for(features, k)
+        key = graph_key(features, k)
+        path = self.graphs_dir / f"knn-{key}.npz"
+        dev = features.device
         if path.exists():
             try:
-                with np.load(path, allow_pickle=False) as z:
-                    nbr, val = z["neighbours"], z["values"]
-                if nbr.shape == (features.shape[0], k) and val.shape == nbr.shape:
-                    self.hits += 1
-                    dev = features.device
-                    return dense_rows_to_csr(torch.from_numpy(nbr).long().to(dev),
-                                             torch.from_numpy(val).float().to(dev))
-            except (OSError, ValueError, KeyError):
-                pass  # unreadable cache entry: rebuild and overwrite it
+                nbr, val = read_entry(path, key, features.shape[0], k)
+            except CacheEntryError as exc:
+                warnings.warn(f"{path}: corrupt kNN graph cache entry ({exc}); rebuilding it",
+                              stacklevel=2)
+            else:
+                self.hits += 1
+                return dense_rows_to_csr(torch.from_numpy(nbr).to(dev), torch.from_numpy(val).to(dev))
         self.misses += 1
         with torch.no_grad():
             nbr = knn_indices(features, k, self.chunk_size, progress=True)
             val = symmetric_normalize(nbr, knn_values(features, nbr))
         buf = io.BytesIO()
-        np.savez(buf, neighbours=nbr.cpu().numpy().astype(np.int32), values=val.cpu().numpy())
+        np.savez(buf, key=np.array(key), neighbours=nbr.cpu().numpy().astype(np.int32),
+                 values=val.cpu().numpy())
+        remove_stale_temps(self.graphs_dir, older_than=STALE_TEMP_SECONDS)
         atomic_write_bytes(path, buf.getvalue())
         return dense_rows_to_csr(nbr, val)

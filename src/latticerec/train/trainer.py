@@ -1,9 +1,10 @@
 """The training loop: BPR mini-batches, periodic validation, early stopping, checkpoints, resume.
 
-Read top to bottom: set seeds, (maybe) restore a checkpoint, then for each epoch sample batches,
-step Adam, evaluate on the validation split every ``eval_every`` epochs, keep the best state by valid
-Recall@20, stop after ``patience`` evaluations without improvement, and finally report the test
-metrics of the best-valid state. The test split is never looked at before that.
+:func:`fit` reads as its steps: set seeds, (maybe) ``restore`` a checkpoint, then repeat
+``train_epoch`` (sample batches, step Adam) and, every ``eval_every`` epochs,
+``evaluate_and_checkpoint`` (valid metrics; keep the best state by valid Recall@20; stop after
+``patience`` evaluations without improvement), and ``finish``: the test metrics of the best-valid
+state, overall and per user. The test split is never looked at before that.
 """
 
 from __future__ import annotations
@@ -12,22 +13,23 @@ import copy
 import itertools
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from latticerec.config import TrainConfig
+from latticerec.config import TrainConfig, to_dict
 from latticerec.data.dataset import Dataset
+from latticerec.errors import RunError, TrainingError
 from latticerec.evaluate.ranking import evaluate_ranking
-from latticerec.io import atomic_torch_save
 from latticerec.models.base import Recommender
+from latticerec.train.rundir import RunDir, as_run_dir
 from latticerec.train.sampling import BPRSampler
 
-CHECKPOINT = "checkpoint.pt"
-BEST = "best.pt"
+BEST = RunDir.BEST  # kept for serve/runs.py until it reads weights through RunDir.load_best
+STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
 
 
 @dataclass
@@ -49,132 +51,232 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def resumable_config(cfg: TrainConfig) -> dict:
+    """The training config without its stopping rule: what must match for a resume."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in STOPPING_KEYS}
+
+
 def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainConfig,
-                   progress: bool = False, rank_all: bool = False) -> dict[str, float]:
+                   progress: bool = False, rank_all: bool = False, per_user: bool = False):
     """Full-ranking metrics on ``split``; training items are masked (and, for the test split, nothing
     else: validation items count as ordinary unobserved items, as in the LATTICE/MICRO protocol).
 
     On a cold-start split (``dataset.cold_items``) only the split's cold items are ranked, unless
-    ``rank_all`` (or the dataset's ``rank_cold`` is False)."""
+    ``rank_all`` (or the dataset's ``rank_cold`` is False). With ``per_user`` returns
+    ``(means, per-user arrays)`` (see :func:`~latticerec.evaluate.ranking.evaluate_ranking`)."""
     users, items = model.full_representations()
     bar = (lambda it, total: tqdm(it, total=total, desc=f"eval {split}", leave=False)) if progress \
         else None
     return evaluate_ranking(users, items, dataset.split(split), exclude=[dataset.train],
                             topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
-                            progress=bar, candidates=None if rank_all else dataset.candidates(split))
+                            progress=bar, candidates=None if rank_all else dataset.candidates(split),
+                            per_user=per_user)
 
 
-def _save(out_dir: Path | None, name: str, payload: dict) -> None:
-    if out_dir is not None:
-        atomic_torch_save(out_dir / name, payload)
+class _Loop:
+    """One training run's moving parts; :func:`fit` calls its steps in order."""
 
+    def __init__(self, model: Recommender, dataset: Dataset, cfg: TrainConfig, run_dir: RunDir | None,
+                 extra: dict | None, progress: bool):
+        self.model, self.dataset, self.cfg, self.run_dir = model, dataset, cfg, run_dir
+        self.extra = dict(extra or {})
+        if run_dir is not None:  # what a resume must find unchanged
+            self.extra.update(dataset_hash=dataset.content_hash(), train_config=resumable_config(cfg))
+        self.progress = progress
+        self.device = next(itertools.chain(model.parameters(), model.buffers())).device
+        self.state = TrainState()
+        self.trainable = any(p.requires_grad for p in model.parameters())
+        self.best_weights = copy.deepcopy(model.state_dict())
+        if self.trainable:
+            self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            self.sampler = BPRSampler(dataset.train, seed=cfg.seed)
 
-def _evaluate_untrained(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None,
-                        extra: dict | None, progress: bool) -> dict:
-    """A model with nothing to train (``cb``): evaluated as built; ``best.pt`` holds its state so
-    ``evaluate`` and ``recommend`` work on the run folder."""
-    model.eval()
-    valid = evaluate_split(model, dataset, "valid", cfg)
-    _save(out_dir, BEST, {"model": model.state_dict(), "epoch": 0, **(extra or {})})
-    test = evaluate_split(model, dataset, "test", cfg, progress=progress)
-    return {"best_epoch": 0, "epochs_run": 0, "stopped_early": False, "train_seconds": 0.0,
-            "valid": valid, "test": test, "history": []}
+    def running(self) -> bool:
+        return self.trainable and self.state.epoch < self.cfg.epochs and not self.state.stopped_early
 
-
-def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | None = None,
-        resume: bool = False, extra: dict | None = None, log=print,
-        progress: bool = True) -> dict:
-    """Train ``model`` on ``dataset.train``; returns a result dict (valid and test metrics at the best
-    valid epoch). With ``out_dir`` a checkpoint is written at every evaluation and the best weights at
-    every improvement; ``resume=True`` continues from ``out_dir/checkpoint.pt``."""
-    out_dir = Path(out_dir) if out_dir is not None else None
-    seed_everything(cfg.seed)
-    device = next(itertools.chain(model.parameters(), model.buffers())).device
-    if not any(p.requires_grad for p in model.parameters()):
-        return _evaluate_untrained(model, dataset, cfg, out_dir, extra, progress)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = BPRSampler(dataset.train, seed=cfg.seed)
-    state = TrainState()
-    best_weights = copy.deepcopy(model.state_dict())
-
-    if resume:
-        if out_dir is None or not (out_dir / CHECKPOINT).exists():
-            raise FileNotFoundError(f"--resume: no checkpoint at {out_dir}/{CHECKPOINT}")
-        ckpt = torch.load(out_dir / CHECKPOINT, map_location=device, weights_only=False)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        state = TrainState(**ckpt["state"])
+    # -- restore ---------------------------------------------------------------------------------
+    def restore(self, log) -> None:
+        """Continue from ``checkpoint.pt``, after checking that it belongs to this data and config
+        and that ``best.pt`` is the checkpoint's best epoch."""
+        rd = self.run_dir
+        if rd is None:
+            raise RunError("--resume needs a run folder (out_dir)")
+        if not self.trainable:
+            return  # nothing to continue: evaluated as built
+        ckpt = rd.load_checkpoint(self.device)
+        where = rd.file(rd.CHECKPOINT)
+        if ckpt.get("dataset_hash") != self.extra["dataset_hash"]:
+            raise RunError(f"--resume: {where} was trained on other data (dataset content hash "
+                           f"{str(ckpt.get('dataset_hash'))[:12]}..., now "
+                           f"{self.extra['dataset_hash'][:12]}...); resume with the original data")
+        if ckpt.get("train_config") != self.extra["train_config"]:
+            raise RunError(f"--resume: {where} was trained with another training config "
+                           f"({ckpt.get('train_config')}); only epochs and patience may change")
+        try:
+            state = TrainState(**ckpt["state"])
+            self._load_weights(ckpt["model"], where)
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+            best_weights = ckpt["best_model"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise RunError(f"--resume: {where} is not a complete latticerec checkpoint "
+                           f"({type(exc).__name__}: {exc})") from None
+        self.state, self.best_weights = state, best_weights
+        self._check_best(rd.load_best(self.device) if rd.has_best() else {}, log)
         # the stopping rule is re-read: a run stopped by ``patience`` (or ``epochs``) continues when
         # resumed with a larger one, exactly as if it had been trained with it from the start
-        state.stopped_early = state.bad_evals >= cfg.patience
-        best_weights = torch.load(out_dir / BEST, map_location=device, weights_only=False)["model"]
-        log(f"resumed from {out_dir / CHECKPOINT} after epoch {state.epoch}")
+        state.stopped_early = state.bad_evals >= self.cfg.patience
+        log(f"resumed from {where} after epoch {state.epoch}")
 
-    bar = tqdm(total=cfg.epochs, initial=state.epoch, desc="epochs", disable=not progress,
-               dynamic_ncols=True)
-    while state.epoch < cfg.epochs and not state.stopped_early:
-        epoch = state.epoch
+    def _check_best(self, best: dict, log) -> None:
+        """``best.pt`` must be the checkpoint's best epoch. The checkpoint is written first, so a
+        process killed between the two writes leaves an older ``best.pt`` of the same data: it is
+        rewritten from the checkpoint's copy. Anything else means files of different runs."""
+        rd, epoch = self.run_dir, best.get("epoch")
+        same_data = best.get("dataset_hash") == self.extra["dataset_hash"]
+        if epoch == self.state.best_epoch and same_data:
+            return
+        if same_data and isinstance(epoch, int) and epoch < self.state.best_epoch or not best:
+            log(f"{rd.file(rd.BEST)}: behind the checkpoint (epoch {epoch}, checkpoint's best "
+                f"{self.state.best_epoch}; an interrupted write): rewritten from the checkpoint")
+            self._save_best()
+            return
+        raise RunError(f"--resume: {rd.file(rd.BEST)} holds epoch {epoch} of "
+                       f"{'this' if same_data else 'other'} data but the checkpoint's best epoch is "
+                       f"{self.state.best_epoch}: the files come from different runs; start again "
+                       "with --overwrite")
+
+    def _load_weights(self, weights: dict, where: Path) -> None:
+        try:
+            self.model.load_state_dict(weights)
+        except RuntimeError as exc:
+            raise RunError(f"{where}: the weights do not fit this model (another model config?): "
+                           f"{str(exc).splitlines()[0]}") from None
+
+    # -- train_epoch -----------------------------------------------------------------------------
+    def train_epoch(self) -> dict:
+        """One pass of BPR mini-batches; returns the epoch's history record."""
+        epoch, cfg, model, dev = self.state.epoch, self.cfg, self.model, self.device
         start = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
         model.train()
         model.on_epoch_start(epoch)
         totals: dict[str, float] = {}
         n_batches = 0
-        for users, pos, neg in sampler.epoch(epoch, cfg.batch_size):
-            terms = model.loss(torch.as_tensor(users, device=device),
-                               torch.as_tensor(pos, device=device),
-                               torch.as_tensor(neg, device=device))
+        for users, pos, neg in self.sampler.epoch(epoch, cfg.batch_size):
+            terms = model.loss(torch.as_tensor(users, device=dev), torch.as_tensor(pos, device=dev),
+                               torch.as_tensor(neg, device=dev))
             loss = sum(terms.values())
             if not torch.isfinite(loss):
-                raise FloatingPointError(
+                raise TrainingError(
                     f"epoch {epoch}: the loss became {loss.item()} "
                     f"({ {k: float(v) for k, v in terms.items()} }); lower lr or raise reg"
                 )
-            optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            optimizer.step()
+            self.optimizer.step()
             for k, v in terms.items():
                 totals[k] = totals.get(k, 0.0) + float(v.detach())
             n_batches += 1
-        state.train_seconds += time.perf_counter() - start
-        state.epoch = epoch + 1
-        record = {"epoch": epoch + 1, "seconds": round(time.perf_counter() - start, 3),
-                  **{f"loss_{k}": v / n_batches for k, v in totals.items()}}
-        last = state.epoch == cfg.epochs
-        if state.epoch % cfg.eval_every == 0 or last:
-            t_eval = time.perf_counter()
-            valid = evaluate_split(model, dataset, "valid", cfg)
-            record["eval_seconds"] = round(time.perf_counter() - t_eval, 3)
-            record["valid_recall@20"] = valid["recall@20"]
-            record["valid_ndcg@20"] = valid["ndcg@20"]
-            if valid["recall@20"] > state.best_recall:
-                state.best_recall, state.best_epoch, state.best_valid = (
-                    valid["recall@20"], state.epoch, valid)
-                state.bad_evals = 0
-                best_weights = copy.deepcopy(model.state_dict())
-                _save(out_dir, BEST, {"model": best_weights, "epoch": state.epoch, **(extra or {})})
-            else:
-                state.bad_evals += 1
-                state.stopped_early = state.bad_evals >= cfg.patience
-            state.history.append(record)
-            _save(out_dir, CHECKPOINT, {"model": model.state_dict(),
-                                        "optimizer": optimizer.state_dict(),
-                                        "state": state.__dict__, **(extra or {})})
-            bar.set_postfix(loss=f"{sum(totals.values()) / n_batches:.4f}",
-                            r20=f"{valid['recall@20']:.4f}", best=f"{state.best_recall:.4f}")
+        seconds = time.perf_counter() - start
+        self.state.train_seconds += seconds
+        self.state.epoch = epoch + 1
+        return {"epoch": epoch + 1, "seconds": round(seconds, 3),
+                **{f"loss_{k}": v / n_batches for k, v in totals.items()}}
+
+    def due_for_evaluation(self) -> bool:
+        return self.state.epoch % self.cfg.eval_every == 0 or self.state.epoch == self.cfg.epochs
+
+    # -- evaluate_and_checkpoint -----------------------------------------------------------------
+    def evaluate_and_checkpoint(self, record: dict) -> dict:
+        """Valid metrics; on improvement keep the weights (``best.pt``), else count towards
+        ``patience``; then write ``checkpoint.pt`` (which carries the best weights too, so a resume
+        never mixes epochs)."""
+        state = self.state
+        t_eval = time.perf_counter()
+        valid = evaluate_split(self.model, self.dataset, "valid", self.cfg)
+        record.update(eval_seconds=round(time.perf_counter() - t_eval, 3),
+                      **{"valid_recall@20": valid["recall@20"], "valid_ndcg@20": valid["ndcg@20"]})
+        improved = valid["recall@20"] > state.best_recall
+        if improved:
+            state.best_recall, state.best_epoch, state.best_valid = (
+                valid["recall@20"], state.epoch, valid)
+            state.bad_evals = 0
+            self.best_weights = copy.deepcopy(self.model.state_dict())
         else:
-            state.history.append(record)
+            state.bad_evals += 1
+            state.stopped_early = state.bad_evals >= self.cfg.patience
+        state.history.append(record)
+        if self.run_dir is not None:
+            self.run_dir.save_checkpoint({"model": self.model.state_dict(),
+                                          "best_model": self.best_weights,
+                                          "optimizer": self.optimizer.state_dict(),
+                                          "state": asdict(state), **self.extra})
+            if improved:
+                self._save_best()
+        return valid
+
+    def _save_best(self) -> None:
+        self.run_dir.save_best({"model": self.best_weights, "epoch": max(self.state.best_epoch, 0),
+                                **self.extra})
+
+    # -- finish ----------------------------------------------------------------------------------
+    def finish(self) -> dict:
+        """Test metrics of the best-valid weights (and, in a run folder, per user)."""
+        state = self.state
+        if not self.trainable:  # nothing to train (``cb``): evaluated as built
+            self.model.eval()
+            state.best_epoch, state.best_valid = 0, evaluate_split(self.model, self.dataset, "valid",
+                                                                  self.cfg)
+            if self.run_dir is not None:
+                self._save_best()
+        self.model.load_state_dict(self.best_weights)
+        test, per_user = evaluate_split(self.model, self.dataset, "test", self.cfg,
+                                        progress=self.progress, per_user=True)
+        if self.run_dir is not None:
+            users = per_user.pop("users")
+            self.run_dir.write_per_user(users, per_user, state.best_epoch)
+        return {
+            "best_epoch": state.best_epoch,
+            "epochs_run": state.epoch,
+            "stopped_early": state.stopped_early,
+            "train_seconds": round(state.train_seconds, 2),
+            "valid": state.best_valid,
+            "test": test,
+            "history": state.history,
+        }
+
+
+def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | RunDir | None = None,
+        resume: bool = False, extra: dict | None = None, log=print, progress: bool = True, *,
+        overwrite: bool = False) -> dict:
+    """Train ``model`` on ``dataset.train``; returns a result dict (valid and test metrics at the best
+    valid epoch). With ``out_dir`` (a path or :class:`RunDir`, locked for the whole call) a checkpoint
+    is written at every evaluation, the best weights at every improvement and the per-user test
+    metrics at the end; ``resume=True`` continues from its checkpoint. A folder that already holds a
+    trained run is refused unless ``resume`` or ``overwrite``."""
+    run_dir = as_run_dir(out_dir)
+    if run_dir is None:
+        return _fit(model, dataset, cfg, None, resume, extra, log, progress)
+    with run_dir.lock():
+        run_dir.prepare(resume, overwrite, names=RunDir.TRAINING_FILES)
+        return _fit(model, dataset, cfg, run_dir, resume, extra, log, progress)
+
+
+def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress) -> dict:
+    seed_everything(cfg.seed)
+    loop = _Loop(model, dataset, cfg, run_dir, extra, progress)
+    if resume:
+        loop.restore(log)
+    bar = tqdm(total=cfg.epochs, initial=loop.state.epoch, desc="epochs", dynamic_ncols=True,
+               disable=not (progress and loop.trainable))
+    while loop.running():
+        record = loop.train_epoch()
+        if loop.due_for_evaluation():
+            valid = loop.evaluate_and_checkpoint(record)
+            bar.set_postfix(loss=f"{sum(v for k, v in record.items() if k.startswith('loss_')):.4f}",
+                            r20=f"{valid['recall@20']:.4f}", best=f"{loop.state.best_recall:.4f}")
+        else:
+            loop.state.history.append(record)
         bar.update(1)
     bar.close()
-
-    model.load_state_dict(best_weights)
-    test = evaluate_split(model, dataset, "test", cfg, progress=progress)
-    return {
-        "best_epoch": state.best_epoch,
-        "epochs_run": state.epoch,
-        "stopped_early": state.stopped_early,
-        "train_seconds": round(state.train_seconds, 2),
-        "valid": state.best_valid,
-        "test": test,
-        "history": state.history,
-    }
+    return loop.finish()
