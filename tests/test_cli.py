@@ -64,14 +64,41 @@ def test_unknown_set_key_lists_valid_keys(tmp_path, capsys):
     assert "learning_rate" in err and "lr" in err and "embed_dim" in err
 
 
-@pytest.mark.parametrize("pair,msg", [("lr=abc", "lr"), ("epochs=1.5", "epochs"),
-                                      ("lr=-1", "lr must be > 0"), ("ndcg=foo", "ndcg"),
-                                      ("novalue", "key=value")])
-def test_bad_values_are_clear_errors(pair, msg, tmp_path, capsys):
-    rc = main(["train", "--model", "mf", "--data", "synthetic", "--set", pair,
-               "--out", str(tmp_path), "--quiet"])
+BAD_OPTIONS = [
+    (["--set", "lr=abc"], "lr"), (["--set", "epochs=1.5"], "epochs"),
+    (["--set", "lr=-1"], "lr must be a finite number > 0"), (["--set", "ndcg=foo"], "ndcg"),
+    (["--set", "novalue"], "key=value"),
+    (["--set", "lr=nan"], "lr: 'nan' is not a finite number"),
+    (["--set", "lr=inf"], "lr: 'inf' is not a finite number"),
+    (["--set", "lr=-Infinity"], "lr: '-Infinity' is not a finite number"),
+    (["--set", "reg=nan"], "reg: 'nan' is not a finite number"),  # a model field: checked generically
+    (["--seed", "-1"], "seed must be an integer in [0, 4294967295], got -1"),
+    (["--seed", "1e1"], "seed: expected int, got '1e1'"),
+    (["--epochs", "0"], "epochs must be an integer in [1, 10000000], got 0"),
+    (["--epochs", "1_9"], "epochs: expected int, got '1_9'"),
+    (["--set", "batch_size=0"], "batch_size must be an integer in [1, 16777216]"),
+    (["--set", "eval_batch_size=99999999999"], "eval_batch_size must be an integer"),
+    (["--set", "embed_dim=1e1"], "embed_dim: expected int, got '1e1'"),
+    (["--set", "topk=20,0"], "topk must list positive cut-offs"),
+    (["--set", "patience=true"], "patience: expected int"),
+]
+
+
+@pytest.mark.parametrize("extra,msg", BAD_OPTIONS)
+def test_bad_values_are_clear_errors(extra, msg, tmp_path, capsys, monkeypatch):
+    import latticerec.data.readers as readers
+
+    monkeypatch.setattr(readers, "load_dataset", _must_not_load)
+    rc = main(["train", "--model", "mf", "--data", "synthetic", *extra,
+               "--out", str(tmp_path / "run"), "--quiet"])
     assert rc == 2
-    assert msg in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert err.startswith("latticerec: error: ") and msg in err
+    assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def _must_not_load(*args, **kwargs):
+    raise AssertionError("the data was loaded before the options were checked")
 
 
 def test_unknown_model_and_missing_data(tmp_path, capsys):
@@ -93,3 +120,109 @@ def test_config_is_frozen_and_typed():
         make_config(TrainConfig, {"lrr": 1})
     with pytest.raises(ConfigError, match="topk must include 20"):
         make_config(TrainConfig, {"topk": "5,10"})
+
+
+def test_help_texts_are_plain_text(capsys):
+    for argv in (["--help"], ["train", "--help"], ["evaluate", "--help"]):
+        with pytest.raises(SystemExit):
+            main(argv)
+        text = capsys.readouterr().out
+        assert "``" not in text and ":func:" not in text and ":mod:" not in text, argv
+
+
+TRAIN = ["train", "--model", "mf", "--data", "synthetic", "--epochs", "2", "--quiet",
+         "--set", "embed_dim=8"]
+
+
+def test_an_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert main([*TRAIN, "--seed", "5", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"{out} already holds a run" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # untouched
+    assert main([*TRAIN, "--seed", "5", "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "metrics.json").read_text())["config"]["train"]["seed"] == 5
+    assert main([*TRAIN, "--out", str(out), "--overwrite", "--resume"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+
+
+class Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+@pytest.mark.parametrize("name", ["best.pt", "checkpoint.pt"])
+def test_a_crafted_pickle_in_a_run_folder_is_refused_without_running_it(tmp_path, capsys, name):
+    import torch
+
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    marker = tmp_path / "pwned"
+    torch.save({"model": {}, "epoch": 2, "evil": Payload(marker)}, out / name)
+    capsys.readouterr()
+    commands = [["evaluate", "--run", str(out)]] if name == "best.pt" else []
+    commands.append([*TRAIN, "--out", str(out), "--resume"])
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{out / name}" in err and "refused" in err, err
+        assert not marker.exists(), argv
+
+
+def test_unwritable_output_or_cache_folder_is_reported_before_the_data_load(tmp_path, capsys,
+                                                                         monkeypatch):
+    import latticerec.data.readers as readers
+
+    monkeypatch.setattr(readers, "load_dataset", _must_not_load)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert main([*TRAIN, "--out", str(blocker / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "run folder not writable" in err and str(blocker / "run") in err
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--cache-dir", str(blocker)]) == 2
+    err = capsys.readouterr().err
+    assert "cache folder not writable" in err and str(blocker) in err
+
+
+def test_a_full_disk_during_training_is_a_clear_error_naming_the_file(tmp_path, capsys, monkeypatch):
+    import errno
+
+    import torch
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", full)
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("latticerec: error: cannot write ") and "the disk is full" in last
+    assert str(out / "checkpoint.pt") in last
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+    assert not (out / ".lock").exists()
+
+
+def test_evaluate_refuses_changed_data(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = [(u, i, lab) for u in range(6) for i, lab in ((u, 0), ((u + 1) % 6, 0), ((u + 2) % 6, 0),
+                                                          ((u + 3) % 6, 1), ((u + 4) % 6, 2))]
+    inter = data / "toy.inter"
+    inter.write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mf", "--data", str(data), "--epochs", "1", "--quiet",
+                 "--out", str(out), "--set", "embed_dim=4"]) == 0
+    assert main(["evaluate", "--run", str(out)]) == 0
+    rows[0] = (0, 5, 0)  # one training interaction moved
+    inter.write_text("userID\titemID\tx_label\n" + "".join(f"{u}\t{i}\t{x}\n" for u, i, x in rows))
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 2
+    assert "the data changed" in capsys.readouterr().err
+    assert main(["train", "--model", "mf", "--data", str(data), "--epochs", "2", "--quiet",
+                 "--out", str(out), "--set", "embed_dim=4", "--resume"]) == 2
+    assert "changed" in capsys.readouterr().err

@@ -685,3 +685,75 @@ def test_lattice_boolean_item_ids_are_a_data_error(tmp_path):
 def test_mmrec_header_with_byte_order_mark(tmp_path):
     write_inter(tmp_path, header="\ufeff" + HEADER)
     assert_toy_splits(read_mmrec(tmp_path))
+
+
+# ----------------------------------------------------------------------------- ids and file kinds
+
+BAD_IDS = {
+    "scientific": ("1e1", "'1e1' is not an integer id"),
+    "underscore": ("1_9", "'1_9' is not an integer id"),
+    "huge scientific": ("1e12", "'1e12' is not an integer id"),
+    "float with zero": ("2.0", "'2.0' is not an integer id"),
+    "plus sign": ("+2", "'+2' is not an integer id"),
+    "unicode digits": ("\u0661", "is not an integer id"),
+    "beyond int32": (str(2**31), "too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_IDS))
+@pytest.mark.parametrize("column", ["user", "item"])
+def test_mmrec_ids_are_plain_decimal_digits(tmp_path, case, column):
+    token, msg = BAD_IDS[case]
+    row = f"{token}\t1\t0" if column == "user" else f"0\t{token}\t0"
+    write_inter(tmp_path, GOOD[:1] + [row] + GOOD[2:])
+    data_error(["toy.inter", "line 3", f"{column} id", msg], read_mmrec, tmp_path)
+
+
+@pytest.mark.parametrize("column", ["user", "item"])
+def test_mmrec_an_id_far_beyond_the_others_is_a_clear_error_not_a_memory_error(tmp_path, column):
+    # 10**12 would ask for a table of 10**12 rows: refused by name, file and line
+    big = "1000000000"
+    row = f"{big}\t1\t0" if column == "user" else f"0\t{big}\t0"
+    write_inter(tmp_path, GOOD[:1] + [row] + GOOD[2:])
+    data_error(["toy.inter", "line 3", f"{column} id {big} is far beyond", "renumber"],
+               read_mmrec, tmp_path)
+
+
+def test_moderately_sparse_ids_are_still_read(tmp_path):
+    write_inter(tmp_path, GOOD + ["999\t1\t0"])  # a gap, but a small table
+    with pytest.warns(UserWarning, match="996 of 1000 users have no training interactions"):
+        assert read_mmrec(tmp_path).n_users == 1000
+
+
+@pytest.mark.parametrize("key,msg", [("1_9", "'1_9' is not an integer id"),
+                                     ("1e1", "'1e1' is not an integer id"),
+                                     ("1000000000", "user id 1000000000 is far beyond")])
+def test_lattice_user_keys_are_plain_decimal_digits(tmp_path, key, msg):
+    splits = {s: dict(v) for s, v in TOY_LATTICE.items()}
+    splits["train"][key] = [0]
+    write_lattice(tmp_path, splits)
+    data_error(["train.json", msg], read_lattice, tmp_path)
+
+
+def test_an_npz_archive_named_npy_is_a_data_error(tmp_path):
+    write_inter(tmp_path)
+    np.savez(tmp_path / "image_feat.npz", image=np.zeros((5, 2), np.float32))
+    (tmp_path / "image_feat.npz").rename(tmp_path / "image_feat.npy")
+    data_error(["image_feat.npy", "is a .npz archive, expected a .npy array"], read_mmrec, tmp_path)
+
+
+def test_an_npy_array_named_npz_is_a_data_error(tmp_path):
+    write_lattice(tmp_path)
+    with open(tmp_path / "item_knn5.npz", "wb") as fh:
+        np.save(fh, np.array([[0, 1], [1, 0]]))
+    data_error(["item_knn5.npz", "is a .npy array, expected a .npz archive"], read_lattice, tmp_path)
+
+
+def test_load_dataset_errors_through_the_cli(tmp_path, capsys):
+    from latticerec.cli import main
+
+    write_inter(tmp_path / "d", GOOD[:1] + ["1e12\t1\t0"] + GOOD[2:])
+    assert main(["train", "--model", "mf", "--data", str(tmp_path / "d"), "--quiet",
+                 "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert "toy.inter, line 3: user id '1e12' is not an integer id" in err and "Traceback" not in err

@@ -244,7 +244,8 @@ def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         raise DataError(f"{path}: expected a JSON object mapping user id to a list of item ids")
     users, items, where = [], [], []
     for n, (key, value) in enumerate(obj.items(), start=1):
-        if not (key.isascii() and key.isdigit()):
+        body = key[1:] if key.startswith("-") else key
+        if not (body.isascii() and body.isdigit()):
             raise DataError(f"{path}: entry {n}: user key {key!r} is not an integer id "
                             "(decimal digits only)")
         u = int(key)
