@@ -10,6 +10,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from latticerec.errors import DataError
 from latticerec.evaluate.metrics import (
     hit_rate_at_k,
     ndcg_at_k,
@@ -59,7 +60,7 @@ def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: 
     n_rel_all = np.diff(target.indptr)
     users = np.flatnonzero(n_rel_all > 0)
     if users.size == 0:
-        raise ValueError("no user has an item in the evaluation split")
+        raise DataError("no user has an item in the evaluation split")
     yield users
     batches = rank_top_k(user_repr, item_repr, users, max(topk), exclude, batch_size, candidates)
     if progress is not None:

@@ -105,9 +105,13 @@ class _Loop:
             return  # nothing to continue: evaluated as built
         ckpt = rd.load_checkpoint(self.device)
         where = rd.file(rd.CHECKPOINT)
-        if ckpt.get("dataset_hash") != self.extra["dataset_hash"]:
+        if "dataset_hash" not in ckpt or "best_model" not in ckpt:
+            raise RunError(f"--resume: {where} was written by an older latticerec (no dataset hash "
+                           "or best weights), so the resume cannot be checked; start again with "
+                           "--overwrite")
+        if ckpt["dataset_hash"] != self.extra["dataset_hash"]:
             raise RunError(f"--resume: {where} was trained on other data (dataset content hash "
-                           f"{str(ckpt.get('dataset_hash'))[:12]}..., now "
+                           f"{str(ckpt['dataset_hash'])[:12]}..., now "
                            f"{self.extra['dataset_hash'][:12]}...); resume with the original data")
         if ckpt.get("train_config") != self.extra["train_config"]:
             raise RunError(f"--resume: {where} was trained with another training config "
