@@ -45,6 +45,8 @@ def run_one(name: str, args: str, data: str, seed: int, runs: Path, threads: int
             # an interrupted run continues from its last checkpoint; a run stopped by a smaller
             # patience continues too, exactly as if it had been trained with the new one
             cmd.append("--resume")
+        else:  # nothing to continue (killed before its first evaluation, or a model with nothing
+            cmd.append("--overwrite")  # to train): a run folder is only replaced when asked to
         env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
         out.mkdir(parents=True, exist_ok=True)
         with open(out / "train.log", "a") as log:
