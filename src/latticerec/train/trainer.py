@@ -121,7 +121,11 @@ class _Loop:
             self._load_weights(ckpt["model"], where)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             best_weights = ckpt["best_model"]
-        except (KeyError, TypeError, ValueError) as exc:
+            current = self.model.state_dict()
+            if not isinstance(best_weights, dict) or {k: tuple(v.shape) for k, v in best_weights.items()} \
+                    != {k: tuple(v.shape) for k, v in current.items()}:
+                raise ValueError("its best weights do not fit this model")
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RunError(f"--resume: {where} is not a complete latticerec checkpoint "
                            f"({type(exc).__name__}: {exc})") from None
         self.state, self.best_weights = state, best_weights
