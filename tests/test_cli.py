@@ -187,6 +187,9 @@ def test_unwritable_output_or_cache_folder_is_reported_before_the_data_load(tmp_
     assert main([*TRAIN, "--out", str(tmp_path / "run"), "--cache-dir", str(blocker)]) == 2
     err = capsys.readouterr().err
     assert "cache folder not writable" in err and str(blocker) in err
+    assert not (tmp_path / "run").exists()
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--cache-dir", str(blocker)]) == 2
+    assert "cache folder not writable" in capsys.readouterr().err
 
 
 def test_a_full_disk_during_training_is_a_clear_error_naming_the_file(tmp_path, capsys, monkeypatch):
