@@ -52,7 +52,8 @@ def _check_resumable(run_dir, saved: dict | None, config: dict, data_spec: str) 
     from latticerec.train.trainer import STOPPING_KEYS
 
     def training(c: dict) -> dict:
-        return {**c, "train": {k: v for k, v in c["train"].items() if k not in STOPPING_KEYS}}
+        train = c.get("train") if isinstance(c.get("train"), dict) else {}
+        return {**c, "train": {k: v for k, v in train.items() if k not in STOPPING_KEYS}}
 
     if saved is None:
         raise LatticeRecError(f"--resume: {run_dir.path} holds no run to resume")
