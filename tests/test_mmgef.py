@@ -334,3 +334,17 @@ def test_cb_uses_the_chosen_modalities(blocks):
         CBConfig(feature_fusion="sum")
     with pytest.raises(ConfigError, match="audio"):
         _cb(blocks, modalities=("audio",))
+
+
+def test_feature_fusion_has_one_name_and_old_runs_still_load():
+    from latticerec.train.build import config_from_dict, resolve_config
+
+    for model in ("mmgef", "cb"):
+        run = resolve_config(model, {"feature_fusion": "concat"})
+        assert run.model_config.feature_fusion == "concat"
+        with pytest.raises(ConfigError, match="feature_fusion"):  # the error lists the valid name
+            resolve_config(model, {"fusion": "concat"})
+        saved = run.to_dict()
+        saved["model_config"]["fusion"] = saved["model_config"].pop("feature_fusion")  # a run saved before
+        assert config_from_dict(saved).model_config == run.model_config
+    assert resolve_config("micro", {"fusion": "false"}).model_config.fusion is False  # MICRO's bool

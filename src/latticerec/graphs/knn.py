@@ -142,7 +142,7 @@ def knn_graph(features: torch.Tensor, k: int = 10, chunk_size: int | None = None
     return dense_rows_to_csr(*knn_rows(features, k, chunk_size, normalize, backend=backend))
 
 
-def pairs_graph(pairs: torch.Tensor, n_items: int, normalize: bool = True) -> torch.Tensor:
+def pairs_graph(pairs: torch.Tensor, n_items: int) -> torch.Tensor:
     """A precomputed item graph ``(E, 2)`` of (item, neighbour) pairs as a CSR tensor with unit
     weights, duplicates merged, normalised as eq. 3 (the "graph modality")."""
     pairs = pairs.long()
@@ -151,8 +151,8 @@ def pairs_graph(pairs: torch.Tensor, n_items: int, normalize: bool = True) -> to
     rows, cols = key // n, key % n
     crow = torch.zeros(n + 1, dtype=torch.long, device=pairs.device)
     crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    graph = csr_from_parts(crow, cols, torch.ones(rows.numel(), device=pairs.device), (n, n))
-    return symmetric_normalize_csr(graph) if normalize else graph
+    return symmetric_normalize_csr(csr_from_parts(crow, cols, torch.ones(rows.numel(), device=pairs.device),
+                                                  (n, n)))
 
 
 def skip_connection(initial: torch.Tensor, learned: torch.Tensor, lam: float) -> list[

@@ -121,18 +121,11 @@ class GradCSR(NamedTuple):
     csr: torch.Tensor
     values: torch.Tensor
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.csr.shape
-
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return spmm(self, x)
 
     def to_dense(self) -> torch.Tensor:
         return self.csr.to_dense()
-
-    def detach(self) -> torch.Tensor:
-        return self.csr
 
 
 def spmm(adj: torch.Tensor | GradCSR | ConstantCSR, x: torch.Tensor) -> torch.Tensor:
