@@ -33,6 +33,8 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class GraphConfig(EmbeddingConfig):
+    """Graph backbones (LightGCN, NGCF): ``n_layers`` propagation steps over the user-item graph."""
+
     n_layers: int = 3
 
     def __post_init__(self):
@@ -43,6 +45,9 @@ class GraphConfig(EmbeddingConfig):
 
 @dataclass(frozen=True)
 class NGCFConfig(GraphConfig):
+    """NGCF adds ``mess_dropout``: the dropout rate applied to each layer's messages during training
+    (0 turns it off)."""
+
     mess_dropout: float = 0.1
 
     def __post_init__(self):
