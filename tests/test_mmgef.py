@@ -241,7 +241,7 @@ def test_the_learned_graph_is_restored_from_a_checkpoint(blocks):
 @pytest.mark.parametrize("flags", [{}, {"use_cf": False, "attention": False}])
 def test_mmgef_learns_the_blocks(blocks, flags):
     model = _mmgef(blocks, **flags)
-    cfg = TrainConfig(lr=0.05, epochs=30, patience=30, batch_size=32, seed=0)
+    cfg = TrainConfig(lr=0.05, epochs=30, patience=30, batch_size=32, seed=0, eval_every=10)
     before = evaluate_split(model, blocks, "test", cfg)
     result = fit(model, blocks, cfg, progress=False)
     hist = result["history"]

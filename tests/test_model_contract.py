@@ -149,7 +149,7 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(name, blocks,
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_loss_falls_and_model_learns_the_blocks(name, blocks):
     run, model = _build(name, blocks, None, lr="0.05", epochs="30", patience="30", reg="0",
-                        batch_size="32")
+                        batch_size="32", eval_every="10")
     before = evaluate_split(model, blocks, "test", run.train)
     result = fit(model, blocks, run.train, progress=False)
     if not _trainable(model):  # evaluated as built, and its features encode the blocks
