@@ -160,6 +160,22 @@ def test_without_fusion_is_lattice_with_the_same_parameters(blocks):
     assert not any(n.startswith("att_") for n, _ in micro.named_parameters())
 
 
+def test_without_fusion_the_defaults_are_lattices(blocks):
+    """``fusion=false`` alone is LATTICE with LATTICE's defaults (λ = 0.9, not MICRO's 0.7)."""
+    lattice = _build("lattice", blocks)
+    fit(lattice, blocks, resolve_config("lattice", {"epochs": "2"}).train, progress=False)
+    micro = _build("micro", blocks, fusion="false")
+    assert micro.structure.lam == lattice.structure.lam == 0.9
+    micro.load_state_dict(lattice.state_dict())
+    micro.on_epoch_start(2)
+    lattice.on_epoch_start(2)  # rebuild the learned graphs: λ weighs them against the initial ones
+    for a, b in zip(lattice.full_representations(), micro.full_representations(), strict=True):
+        assert torch.equal(a, b)
+    assert _build("micro", blocks).structure.lam == 0.7  # MICRO's own default with fusion
+    assert _build("micro", blocks, fusion="false", lambda_coeff="0.5").structure.lam == 0.5
+    assert _build("micro", blocks, lambda_coeff="0.9").structure.lam == 0.9
+
+
 def test_specific_flag(blocks):
     model = _build("micro", blocks, specific="false")
     assert model.att_q2 is None

@@ -16,6 +16,7 @@ from latticerec.errors import ConfigError
 from latticerec.graphs.cooccurrence import cooccurrence_counts, cooccurrence_graph, normalize_counts
 from latticerec.graphs.fusion import fuse_features, random_projection
 from latticerec.graphs.knn import knn_graph
+from latticerec.graphs.sparse import to_torch_csr
 from latticerec.models.backbones import GraphConfig, LightGCN
 from latticerec.models.cb import CBConfig, ContentBased
 from latticerec.models.mmgef import MMGEF, MMGEFConfig
@@ -58,7 +59,7 @@ def small_r():
 def test_cooccurrence_equals_a_brute_force_count(small_r, block_rows):
     r = small_r.copy()
     r[r > 0] = 5.0  # stored values are interactions whatever they hold
-    got = cooccurrence_counts(sp.csr_matrix(r), block_rows=block_rows).toarray()
+    got = cooccurrence_counts(to_torch_csr(r), block_rows=block_rows).to_dense().numpy()
     np.testing.assert_array_equal(got, _brute_cooccurrence(small_r))
     assert np.all(np.diag(got) == 0)
 
@@ -66,7 +67,7 @@ def test_cooccurrence_equals_a_brute_force_count(small_r, block_rows):
 def test_cooccurrence_topk_keeps_each_rows_largest_counts_ties_to_lower_columns(small_r):
     full = _brute_cooccurrence(small_r)
     k = 3
-    got = cooccurrence_counts(sp.csr_matrix(small_r), topk=k, block_rows=4).toarray()
+    got = cooccurrence_counts(to_torch_csr(small_r), topk=k, block_rows=4).to_dense().numpy()
     for i in range(full.shape[0]):
         nz = [j for j in range(full.shape[1]) if full[i, j] > 0]
         expect = sorted(nz, key=lambda j: (-full[i, j], j))[:k]
@@ -74,13 +75,14 @@ def test_cooccurrence_topk_keeps_each_rows_largest_counts_ties_to_lower_columns(
         np.testing.assert_array_equal(got[i, expect], full[i, expect])
 
 
-def test_cooccurrence_graph_is_scaled_by_cmax_and_accepts_torch_input(small_r):
+def test_cooccurrence_graph_is_scaled_by_cmax(small_r):
     full = _brute_cooccurrence(small_r)
-    train = torch.as_tensor(small_r).to_sparse_csr()
+    train = to_torch_csr(small_r)
     graph = cooccurrence_graph(train).to_dense().numpy()
     np.testing.assert_allclose(graph, full / full.max(), rtol=1e-6)
     assert graph.max() == pytest.approx(1.0)
-    sym = normalize_counts(sp.csr_matrix(full), "symmetric").toarray()
+    sym = normalize_counts(to_torch_csr(full), "symmetric")
+    sym = sym.to_dense().numpy()
     d = full.sum(1)
     np.testing.assert_allclose(sym, full / np.sqrt(np.outer(d, d)), rtol=1e-5)
 
@@ -239,7 +241,7 @@ def test_the_learned_graph_is_restored_from_a_checkpoint(blocks):
 @pytest.mark.parametrize("flags", [{}, {"use_cf": False, "attention": False}])
 def test_mmgef_learns_the_blocks(blocks, flags):
     model = _mmgef(blocks, **flags)
-    cfg = TrainConfig(lr=0.05, epochs=30, patience=30, batch_size=32, seed=0)
+    cfg = TrainConfig(lr=0.05, epochs=30, patience=30, batch_size=32, seed=0, eval_every=10)
     before = evaluate_split(model, blocks, "test", cfg)
     result = fit(model, blocks, cfg, progress=False)
     hist = result["history"]
@@ -249,21 +251,21 @@ def test_mmgef_learns_the_blocks(blocks, flags):
 
 
 def test_config_rejects_bad_values(blocks):
-    for bad in ({"fusion": "max"}, {"cooc_norm": "l1"}, {"cooc_topk": -1}, {"item_layers": 0},
+    for bad in ({"feature_fusion": "max"}, {"cooc_norm": "l1"}, {"cooc_topk": -1}, {"item_layers": 0},
                 {"knn_k": 0}, {"lambda_coeff": 1.5}, {"modalities": ("image", "image")}):
         with pytest.raises(ValueError):
             MMGEFConfig(**bad)
     with pytest.raises(ConfigError, match="audio"):
         _mmgef(blocks, modalities=("audio",))
     with pytest.raises(ValueError, match="one dimension"):
-        _mmgef(blocks, fusion="mean")  # image 8-d, text 6-d
+        _mmgef(blocks, feature_fusion="mean")  # image 8-d, text 6-d
 
 
 def test_modality_subsets_and_fusions(blocks):
-    image_only = _mmgef(blocks, modalities=("image",), fusion="mean")
+    image_only = _mmgef(blocks, modalities=("image",), feature_fusion="mean")
     raw = torch.as_tensor(blocks.features["image"])
     assert torch.allclose(image_only.structure.feat_fused, raw)
-    cat = _mmgef(blocks, fusion="concat")
+    cat = _mmgef(blocks, feature_fusion="concat")
     assert cat.structure.feat_fused.shape[1] == 14
 
 
@@ -319,9 +321,9 @@ def test_cb_learns_nothing_but_ranks_the_blocks(blocks):
     terms = model.loss(*_batch(blocks))
     assert set(terms) == {"bpr", "reg"} and torch.isfinite(sum(terms.values()))
     assert not sum(terms.values()).requires_grad
-    assert evaluate_split(_cb(blocks, fusion="concat"), blocks, "test", cfg)["recall@10"] > 0.8
+    assert evaluate_split(_cb(blocks, feature_fusion="concat"), blocks, "test", cfg)["recall@10"] > 0.8
     with pytest.raises(ValueError, match="one dimension"):
-        _cb(blocks, fusion="mean")  # image 8-d, text 6-d
+        _cb(blocks, feature_fusion="mean")  # image 8-d, text 6-d
 
 
 def test_cb_uses_the_chosen_modalities(blocks):
@@ -329,6 +331,20 @@ def test_cb_uses_the_chosen_modalities(blocks):
     ref = F.normalize(torch.as_tensor(blocks.features["text"]), dim=1)
     assert torch.allclose(text_only.item_unit, ref)
     with pytest.raises(ValueError):
-        CBConfig(fusion="sum")
+        CBConfig(feature_fusion="sum")
     with pytest.raises(ConfigError, match="audio"):
         _cb(blocks, modalities=("audio",))
+
+
+def test_feature_fusion_has_one_name_and_old_runs_still_load():
+    from latticerec.train.build import config_from_dict, resolve_config
+
+    for model in ("mmgef", "cb"):
+        run = resolve_config(model, {"feature_fusion": "concat"})
+        assert run.model_config.feature_fusion == "concat"
+        with pytest.raises(ConfigError, match="feature_fusion"):  # the error lists the valid name
+            resolve_config(model, {"fusion": "concat"})
+        saved = run.to_dict()
+        saved["model_config"]["fusion"] = saved["model_config"].pop("feature_fusion")  # a run saved before
+        assert config_from_dict(saved).model_config == run.model_config
+    assert resolve_config("micro", {"fusion": "false"}).model_config.fusion is False  # MICRO's bool

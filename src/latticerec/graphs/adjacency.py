@@ -2,27 +2,26 @@
 
 from __future__ import annotations
 
-import numpy as np
-import scipy.sparse as sp
+import torch
+
+from latticerec.graphs.normalize import symmetric_normalize_csr
+from latticerec.graphs.sparse import csr_from_parts, transpose_csr
 
 
-def normalized_bipartite_adjacency(train: sp.csr_matrix, self_loops: bool = False) -> sp.csr_matrix:
+def normalized_bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
     """Symmetrically normalised user-item adjacency (LightGCN eq. 7; NGCF eq. 8).
 
-    ``A = [[0, R], [Rᵀ, 0]]`` of size ``(U + I) x (U + I)`` and ``Â = D^-1/2 A D^-1/2`` with ``D`` the
-    degree matrix; isolated nodes keep degree 0 and a zero row. With ``self_loops=True`` the identity
-    is added after normalisation (``Â + I``, NGCF's ``L + I``). Normalisation scales the stored values;
-    no diagonal matrix is ever multiplied.
+    ``A = [[0, R], [Rᵀ, 0]]`` of size ``(U + I) x (U + I)`` from the users x items CSR matrix ``R``,
+    and ``Â = D^-1/2 A D^-1/2`` with ``D`` the degree matrix; isolated nodes keep degree 0 and a zero
+    row. Built as CSR directly: user rows are ``R``'s rows shifted by ``U`` columns, item rows are
+    ``Rᵀ``'s rows (columns sorted in both).
     """
     n_users, n_items = train.shape
-    r = sp.csr_matrix(train, dtype=np.float32)
-    adj = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
-    deg = np.asarray(adj.sum(axis=1)).ravel()
-    with np.errstate(divide="ignore"):
-        inv_sqrt = np.where(deg > 0, 1.0 / np.sqrt(deg), 0.0).astype(np.float32)
-    rows = np.repeat(np.arange(adj.shape[0]), np.diff(adj.indptr))
-    adj.data = adj.data * inv_sqrt[rows] * inv_sqrt[adj.indices]
-    if self_loops:
-        adj = (adj + sp.identity(adj.shape[0], dtype=np.float32, format="csr")).tocsr()
-    adj.sort_indices()
-    return adj
+    r = train.to_sparse_csr() if train.layout != torch.sparse_csr else train
+    rt = transpose_csr(r)
+    nnz = r.values().numel()
+    crow = torch.cat([r.crow_indices(), rt.crow_indices()[1:] + nnz])
+    col = torch.cat([r.col_indices() + n_users, rt.col_indices()])
+    values = torch.cat([r.values(), rt.values()]).float()
+    n = n_users + n_items
+    return symmetric_normalize_csr(csr_from_parts(crow, col, values, (n, n)))

@@ -20,18 +20,19 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from latticerec.graphs.normalize import symmetric_normalize_csr, symmetric_values
 from latticerec.graphs.sparse import GradCSR, csr_from_parts, spmm
 
-DEFAULT_CHUNK = 1024
+BACKENDS = ("exact",)  # how neighbours are found; approximate (ANN) backends come later
 
 
-def _chunk_rows(n_rows: int, n_cols: int, chunk_size: int | None, budget: int = 64 * 2**20) -> int:
+def _chunk_rows(n: int, chunk_size: int | None, budget: int = 64 * 2**20) -> int:
     """Rows per chunk: the caller's choice, else as many as keep ``chunk x N`` near ``budget`` floats."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         return chunk_size
-    return max(1, min(n_rows, budget // max(n_cols, 1), 4096))
+    return max(1, min(n, budget // max(n, 1), 4096))
 
 
 def _topk_deterministic(sim: torch.Tensor, k: int) -> torch.Tensor:
@@ -69,7 +70,7 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     if not 1 <= k <= n:
         raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
     x = F.normalize(features.detach().float(), dim=1)
-    step = _chunk_rows(n, n, chunk_size)
+    step = _chunk_rows(n, chunk_size)
     out = torch.empty(n, k, dtype=torch.long, device=features.device)
     starts = range(0, n, step)
     if progress:
@@ -97,14 +98,12 @@ def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 1
 def symmetric_normalize(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """Values of ``D^-1/2 Ŝ D^-1/2`` (eq. 3) for an ``(N, k)`` graph, by scaling values:
     ``v_ij / sqrt(d_i d_j)`` with ``d_i = Σ_j Ŝ_ij`` (the row sum) and ``0`` where a degree is 0."""
-    deg = values.sum(dim=1)
-    inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
-    return values * inv_sqrt.unsqueeze(1) * inv_sqrt[neighbours]
+    rows = torch.arange(values.shape[0], device=values.device).unsqueeze(1)
+    return symmetric_values(values, rows, neighbours, values.sum(dim=1))
 
 
-def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor, n_cols: int | None = None
-                      ) -> torch.Tensor | GradCSR:
-    """An ``(N, k)`` neighbour list with values as an ``N x n_cols`` sparse CSR tensor.
+def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor | GradCSR:
+    """An ``(N, k)`` neighbour list with values as an ``N x N`` sparse CSR tensor.
 
     When the values carry gradients the result is a :class:`GradCSR` (the same CSR plus the
     differentiable values), whose product with a dense matrix is differentiable in them.
@@ -114,41 +113,46 @@ def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor, n_cols: in
     cols, order = neighbours.sort(dim=1)
     vals = values.gather(1, order).reshape(-1)
     crow = torch.arange(0, n * k + 1, k, device=neighbours.device)
-    csr = csr_from_parts(crow, cols.reshape(-1), vals.detach(), (n, n_cols if n_cols else n))
+    csr = csr_from_parts(crow, cols.reshape(-1), vals.detach(), (n, n))
     return GradCSR(csr, vals) if vals.requires_grad else csr
 
 
+def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, normalize: bool = True,
+             progress: bool = False, backend: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1-3 as an ``(N, k)`` neighbour list and its values: the top-k cosine neighbours of every
+    row (eq. 1-2), their suppressed similarities, symmetric normalised (eq. 3) unless ``normalize``
+    is false. ``backend="exact"`` compares every pair in row chunks (the only backend for now)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"knn backend {backend!r} is not available; available: {', '.join(BACKENDS)}")
+    if features.ndim != 2:
+        raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
+    neighbours = knn_indices(features, k, chunk_size, progress)
+    values = knn_values(features, neighbours)
+    return neighbours, symmetric_normalize(neighbours, values) if normalize else values
+
+
 def knn_graph(features: torch.Tensor, k: int = 10, chunk_size: int | None = None,
-              normalize: bool = True) -> torch.Tensor:
-    """The normalised kNN graph ``S̃`` of eq. 1-3 as an ``N x N`` sparse CSR tensor.
+              normalize: bool = True, backend: str = "exact") -> torch.Tensor:
+    """The normalised kNN graph ``S̃`` of eq. 1-3 as an ``N x N`` sparse CSR tensor
+    (:func:`knn_rows` in CSR form); the entry point of every kNN item graph.
 
     ``features`` may require grad (the learned graph of eq. 4 is ``knn_graph(W e + b)``): the
     neighbour selection is discrete, the values carry gradients to the features.
     """
-    if features.ndim != 2:
-        raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
-    neighbours = knn_indices(features, k, chunk_size)
-    values = knn_values(features, neighbours)
-    if normalize:
-        values = symmetric_normalize(neighbours, values)
-    return dense_rows_to_csr(neighbours, values)
+    return dense_rows_to_csr(*knn_rows(features, k, chunk_size, normalize, backend=backend))
 
 
-def pairs_graph(pairs: torch.Tensor, n_items: int, normalize: bool = True) -> torch.Tensor:
+def pairs_graph(pairs: torch.Tensor, n_items: int) -> torch.Tensor:
     """A precomputed item graph ``(E, 2)`` of (item, neighbour) pairs as a CSR tensor with unit
     weights, duplicates merged, normalised as eq. 3 (the "graph modality")."""
     pairs = pairs.long()
     n = n_items
     key = torch.unique(pairs[:, 0] * n + pairs[:, 1])  # sorted: row-major, columns ascending
     rows, cols = key // n, key % n
-    vals = torch.ones(rows.numel(), dtype=torch.float32, device=pairs.device)
-    if normalize:
-        deg = torch.zeros(n, device=pairs.device).index_add_(0, rows, vals)
-        inv_sqrt = torch.where(deg > 0, deg.clamp_min(1e-12).rsqrt(), torch.zeros_like(deg))
-        vals = vals * inv_sqrt[rows] * inv_sqrt[cols]
     crow = torch.zeros(n + 1, dtype=torch.long, device=pairs.device)
     crow[1:] = torch.bincount(rows, minlength=n).cumsum(0)
-    return csr_from_parts(crow, cols, vals, (n, n))
+    return symmetric_normalize_csr(csr_from_parts(crow, cols, torch.ones(rows.numel(), device=pairs.device),
+                                                  (n, n)))
 
 
 def skip_connection(initial: torch.Tensor, learned: torch.Tensor, lam: float) -> list[

@@ -1,4 +1,8 @@
-"""Sparse-matrix helpers: scipy -> torch CSR conversion and sparse-dense products."""
+"""Sparse-matrix helpers on torch CSR tensors, the one sparse type of the training path.
+
+``to_torch_csr`` converts a dataset's scipy matrix once, at the data boundary; every graph is then
+built and multiplied in torch.
+"""
 
 from __future__ import annotations
 
@@ -33,15 +37,10 @@ def csr_from_parts(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
         return torch.sparse_csr_tensor(crow, col, values, size=shape)
 
 
-def to_scipy_csr(mat: torch.Tensor) -> sp.csr_matrix:
-    """Inverse of :func:`to_torch_csr` (values detached, on CPU)."""
-    mat = mat.detach().cpu()
-    if mat.layout != torch.sparse_csr:
-        mat = mat.to_sparse_csr()
-    return sp.csr_matrix(
-        (mat.values().numpy(), mat.col_indices().numpy(), mat.crow_indices().numpy()),
-        shape=tuple(mat.shape),
-    )
+def row_indices(crow: torch.Tensor) -> torch.Tensor:
+    """The row of every stored entry of a CSR matrix with row pointers ``crow`` (COO rows)."""
+    n = crow.numel() - 1
+    return torch.repeat_interleave(torch.arange(n, device=crow.device), crow.diff())
 
 
 class _ConstantSpmm(torch.autograd.Function):
@@ -90,11 +89,6 @@ class ConstantCSR(NamedTuple):
         return self.csr.to_dense()
 
 
-def symmetric_spmm(adj: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Product of a constant symmetric sparse matrix with a dense matrix, differentiable in ``x``."""
-    return constant_spmm(adj, x)
-
-
 class _ValuesSpmm(torch.autograd.Function):
     """``A @ X`` for a CSR ``A`` whose values require grad, with sparse gradients:
     ``∂L/∂A_ij = <∂L/∂Y_i, X_j>`` only on the stored entries and ``∂L/∂X = Aᵀ ∂L/∂Y``; torch's own
@@ -103,7 +97,7 @@ class _ValuesSpmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, values, x, n_rows):
         a = csr_from_parts(crow, col, values.detach(), (n_rows, x.shape[0]))
-        rows = torch.repeat_interleave(torch.arange(n_rows, device=crow.device), crow.diff())
+        rows = row_indices(crow)
         ctx.save_for_backward(rows, col, values, x)
         return a @ x
 
@@ -127,18 +121,11 @@ class GradCSR(NamedTuple):
     csr: torch.Tensor
     values: torch.Tensor
 
-    @property
-    def shape(self) -> torch.Size:
-        return self.csr.shape
-
     def __matmul__(self, x: torch.Tensor) -> torch.Tensor:
         return spmm(self, x)
 
     def to_dense(self) -> torch.Tensor:
         return self.csr.to_dense()
-
-    def detach(self) -> torch.Tensor:
-        return self.csr
 
 
 def spmm(adj: torch.Tensor | GradCSR | ConstantCSR, x: torch.Tensor) -> torch.Tensor:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency
-from latticerec.graphs.sparse import symmetric_spmm, to_scipy_csr, to_torch_csr
+from latticerec.graphs.sparse import constant_spmm
 from latticerec.models.base import ModelInputs, Recommender
 
 
@@ -33,6 +33,8 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class GraphConfig(EmbeddingConfig):
+    """Graph backbones (LightGCN, NGCF): ``n_layers`` propagation steps over the user-item graph."""
+
     n_layers: int = 3
 
     def __post_init__(self):
@@ -43,6 +45,9 @@ class GraphConfig(EmbeddingConfig):
 
 @dataclass(frozen=True)
 class NGCFConfig(GraphConfig):
+    """NGCF adds ``mess_dropout``: the dropout rate applied to each layer's messages during training
+    (0 turns it off)."""
+
     mess_dropout: float = 0.1
 
     def __post_init__(self):
@@ -106,15 +111,14 @@ class LightGCN(Backbone):
 
     @classmethod
     def from_inputs(cls, cfg: GraphConfig, inputs: ModelInputs) -> LightGCN:
-        adj = normalized_bipartite_adjacency(to_scipy_csr(inputs.train))
-        adj = to_torch_csr(adj, device=inputs.train.device)
+        adj = normalized_bipartite_adjacency(inputs.train)
         return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg)
 
     def propagate_with(self, item_ego):
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         total = x
         for _ in range(self.n_layers):
-            x = symmetric_spmm(self.adj, x)
+            x = constant_spmm(self.adj, x)  # Â is symmetric: Âᵀ = Â
             total = total + x
         out = total / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users:]
@@ -140,8 +144,7 @@ class NGCF(Backbone):
 
     @classmethod
     def from_inputs(cls, cfg: NGCFConfig, inputs: ModelInputs) -> NGCF:
-        adj = normalized_bipartite_adjacency(to_scipy_csr(inputs.train))
-        adj = to_torch_csr(adj, device=inputs.train.device)
+        adj = normalized_bipartite_adjacency(inputs.train)
         return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg,
                    cfg.mess_dropout)
 
@@ -153,7 +156,7 @@ class NGCF(Backbone):
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         layers = [x]
         for w_gc, w_bi in zip(self.w_gc, self.w_bi, strict=True):
-            side = symmetric_spmm(self.adj, x)
+            side = constant_spmm(self.adj, x)  # Â is symmetric: Âᵀ = Â
             x = F.leaky_relu(w_gc(side + x), 0.2) + F.leaky_relu(w_bi(side * x), 0.2)
             x = F.dropout(x, self.mess_dropout, self.training)
             layers.append(F.normalize(x, p=2, dim=1))

@@ -1,6 +1,6 @@
 """CB, the content-based baseline of MM-GEF's Table 1: no training.
 
-* every item's feature is the early-fused feature of its modalities (section 3.1, the same ``fusion``
+* every item's feature is the early-fused feature of its modalities (section 3.1, the same ``feature_fusion``
   option as MM-GEF), L2-normalised: ``f̂_i = f_i / ‖f_i‖``;
 * a user's profile is the mean of the normalised features of their training items,
   ``p_u = (1/|N_u|) Σ_(i ∈ N_u) f̂_i``;
@@ -19,25 +19,17 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from latticerec.graphs.fusion import FUSIONS, fuse_features
+from latticerec.graphs.fusion import fuse_features
 from latticerec.graphs.sparse import csr_from_parts
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.losses import bpr_loss
-from latticerec.models.mmgef import feature_modalities
+from latticerec.models.options import FeatureFusion, Modalities
+from latticerec.models.structure import feature_modalities
 
 
 @dataclass(frozen=True)
-class CBConfig:
-    """``modalities`` as LATTICE's (empty = every feature matrix); ``fusion`` as MM-GEF's."""
-
-    modalities: tuple[str, ...] = ()
-    fusion: str = "norm_mean"
-
-    def __post_init__(self):
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities {self.modalities} lists a modality twice")
+class CBConfig(Modalities, FeatureFusion):
+    """``modalities`` as LATTICE's (empty = every feature matrix); ``feature_fusion`` as MM-GEF's."""
 
 
 class ContentBased(Recommender):
@@ -62,7 +54,7 @@ class ContentBased(Recommender):
         train = inputs.train
         binary = csr_from_parts(train.crow_indices(), train.col_indices(),
                                 torch.ones_like(train.values()), tuple(train.shape))
-        return cls(binary, fuse_features({m: inputs.features[m] for m in names}, cfg.fusion))
+        return cls(binary, fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion))
 
     def profiles(self) -> torch.Tensor:
         """``p_u``: the mean normalised feature of each user's training items (zeros without any)."""

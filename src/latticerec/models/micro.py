@@ -2,8 +2,8 @@
 
 Equation numbers follow sections 3.1-3.5 of the paper:
 
-* eq. 1-5   per-modality latent graphs ``A_m = λ S̃_m + (1 - λ) Ã_m``: LATTICE's
-            :class:`~latticerec.models.lattice.LatentStructure`, whose graphs are kept per modality
+* eq. 1-5   per-modality latent graphs ``A_m = λ S̃_m + (1 - λ) Ã_m``: the shared
+            :class:`~latticerec.models.structure.LatentStructure`, whose graphs are kept per modality
             instead of being summed;
 * eq. 6     ``H_m = A_m^L X`` with the same item ID embeddings ``X`` for every modality;
 * eq. 7-8   modality-shared fusion ``α_i^m = softmax_m(q1ᵀ tanh(W h_i^m + b))``,
@@ -27,37 +27,32 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import nn
 
-from latticerec.errors import ConfigError
-from latticerec.graphs.sparse import constant_spmm, to_scipy_csr, to_torch_csr
+from latticerec.graphs.normalize import row_normalize_csr
+from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.lattice import LatticeConfig, lattice_item_embedding
 from latticerec.models.losses import info_nce, orthogonality_loss
-from latticerec.models.structure import (
-    LatentStructure,
-    StructureModel,
-    add_item_signal,
-    build_structure,
-    feature_input,
-    propagate_items,
-)
+from latticerec.models.options import LATTICE_LAMBDA, FeatureAblations, Structure
+from latticerec.models.structure import LatentStructure, StructureModel, add_item_signal, build_structure
+
+MICRO_LAMBDA = 0.7  # λ of eq. 5 with fusion (paper, section 4.1.4)
 
 
 @dataclass(frozen=True)
-class MicroConfig(LatticeConfig):
-    """MICRO options: LATTICE's (graphs, ``item_layers`` = ``L``, ``feats``/``cf_feats`` ablations)
-    plus the fusion ones. Defaults: ``k = 10``, ``λ = 0.7``, ``τ = 0.5`` (paper, section 4.1.4);
-    ``beta_c = 0.06`` reproduces the released code (0.03 times the *sum* over two modalities;
-    eq. 9 takes their mean); ``beta_s`` has no published value.
+class MicroConfig(Structure, FeatureAblations):
+    """MICRO options: the structure learner's (``item_layers`` = ``L``) and LATTICE's
+    ``feats_input``/``cf_feats`` ablations, plus the fusion ones. Defaults: ``k = 10``, ``τ = 0.5``
+    (paper, section 4.1.4); ``lambda_coeff`` unset means ``λ = 0.7`` with fusion (the paper's) and
+    LATTICE's 0.9 with ``fusion=false`` (which is LATTICE); ``beta_c = 0.06`` reproduces the released
+    code (0.03 times the *sum* over two modalities; eq. 9 takes their mean); ``beta_s`` has no
+    published value.
 
     ``cl_batch`` / ``cl_negatives`` choose the items of ``L_C`` (see :class:`Micro`)."""
 
-    lambda_coeff: float = 0.7
+    lambda_coeff: float | None = None
     fusion: bool = True
     specific: bool = True
     preference: bool = True
@@ -81,14 +76,11 @@ class MicroConfig(LatticeConfig):
         if self.cl_negatives not in ("batch", "all"):
             raise ValueError("cl_negatives must be 'batch' or 'all'")
 
-
-def row_normalized(train: torch.Tensor) -> torch.Tensor:
-    """``D⁻¹ R``: each user's row of the training matrix divided by their number of items (eq. 16);
-    users without training items get an empty row."""
-    mat = to_scipy_csr(train).astype(np.float32)
-    deg = np.asarray(mat.sum(1)).ravel()
-    inv = np.divide(1.0, deg, out=np.zeros_like(deg), where=deg > 0)
-    return to_torch_csr(sp.diags(inv) @ mat, device=train.device)
+    def skip_lambda(self) -> float:
+        """``lambda_coeff``, or by default 0.7 with fusion and LATTICE's 0.9 without."""
+        if self.lambda_coeff is not None:
+            return self.lambda_coeff
+        return MICRO_LAMBDA if self.fusion else LATTICE_LAMBDA
 
 
 class Micro(StructureModel):
@@ -143,15 +135,12 @@ class Micro(StructureModel):
                  fusion: bool = True, specific: bool = True, preference: bool = True,
                  beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
                  cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096):
-        super().__init__(backbone, structure)
-        self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
+        # without fusion: LATTICE's modality weights, under LATTICE's names
+        super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=not fusion)
         self.fusion, self.specific, self.preference = fusion, specific, preference
         self.beta_c, self.beta_s, self.tau = beta_c, beta_s, tau
         self.cl_batch, self.cl_negatives, self.cl_chunk = cl_batch, cl_negatives, cl_chunk
-        if (cf_feats or feats_input) and not len(structure.projections):
-            raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
-        if not fusion:  # LATTICE's parameters, under LATTICE's names
-            self.modal_scores = nn.Parameter(torch.zeros(len(structure.names)))
+        if not fusion:
             return
         d = backbone.embed_dim
         self.att_w = nn.Linear(d, d)  # W, b of eq. 7
@@ -163,10 +152,9 @@ class Micro(StructureModel):
                 if lin.bias is not None:
                     nn.init.zeros_(lin.bias)
         if preference:
-            mat = row_normalized(train)
+            mat = row_normalize_csr(train)  # D⁻¹ R of eq. 16 (users without items: empty rows)
             self.register_buffer("user_items", mat, persistent=False)
-            self.register_buffer("user_items_t", to_torch_csr(to_scipy_csr(mat).T.tocsr(),
-                                                              device=mat.device), persistent=False)
+            self.register_buffer("user_items_t", transpose_csr(mat), persistent=False)
 
     @classmethod
     def from_inputs(cls, cfg: MicroConfig, inputs: ModelInputs, backbone: Backbone) -> Micro:
@@ -176,19 +164,7 @@ class Micro(StructureModel):
                    beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
                    cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk)
 
-    def modal_weights(self) -> torch.Tensor:
-        """LATTICE's ``α = softmax(scores)`` (``fusion=false`` only)."""
-        return torch.softmax(self.modal_scores, dim=0)
-
     # -- MICRO ---------------------------------------------------------------------------------
-    def modality_embeddings(self) -> torch.Tensor:
-        """``(M, N, d)``: ``H_m = A_m^L X`` for each modality (eq. 6), or ``ẽ_m`` with ``cf_feats``."""
-        if self.cf_feats:
-            return torch.stack([self.structure.projected(m) for m in self.structure.projections])
-        graphs = self.structure.graphs()
-        x = feature_input(self.structure) if self.feats_input else self.backbone.item_embedding.weight
-        return torch.stack([propagate_items(graphs[m], x, self.item_layers) for m in self.structure.names])
-
     def shared_attention(self, modal: torch.Tensor) -> torch.Tensor:
         """``(M, N)`` weights ``α_i^m = softmax_m(q1ᵀ tanh(W h_i^m + b))`` (eq. 7); each column sums to 1."""
         return torch.softmax(self.att_q1(torch.tanh(self.att_w(modal))).squeeze(-1), dim=0)
@@ -214,8 +190,7 @@ class Micro(StructureModel):
     def item_structure_embedding(self) -> torch.Tensor:
         """The item representation that eq. 17 adds to ``x̃_i``: ``h_i`` (LATTICE's ``H`` without fusion)."""
         if not self.fusion:
-            return lattice_item_embedding(self.structure, self.modal_weights(), self.backbone,
-                                          self.item_layers, self.cf_feats, self.feats_input)
+            return self.weighted_embedding()
         return self.fuse(self.modality_embeddings())["item"]
 
     def _forward(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, dict]:

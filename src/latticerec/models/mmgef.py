@@ -5,11 +5,11 @@ into a collaborative-filtering backbone (LightGCN by default).
 Section 3 of the paper, step by step:
 
 * 3.1      early fusion of the chosen modalities into one feature ``f_i``
-  (:func:`latticerec.graphs.fusion.fuse_features`, option ``fusion``);
+  (:func:`latticerec.graphs.fusion.fuse_features`, option ``feature_fusion``);
 * 3.2      a trainable linear layer ``f̃_i = W f_i + b`` to the latent space (width of the backbone's
   ID embeddings) and the content graph ``E^m``: top-k cosine kNN of ``f̃`` (eq. 1-2). "Following
   [LATTICE]", this is LATTICE's graph learner on the one fused "modality"
-  (:class:`~latticerec.models.lattice.LatentStructure`, reused as is): the kNN graph of the trainable
+  (:class:`~latticerec.models.structure.LatentStructure`, reused as is): the kNN graph of the trainable
   ``f̃`` is rebuilt once per epoch with gradient (first batch) and detached afterwards, symmetric
   normalised, and mixed with the fixed kNN graph of the raw fused feature by LATTICE's skip
   connection ``λ S̃ + (1 - λ) Ã`` (``lambda_coeff``, LATTICE's 0.9 by default; ``lambda_coeff=0`` is
@@ -53,71 +53,46 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latticerec.errors import ConfigError
 from latticerec.graphs.cooccurrence import NORMALIZATIONS, cooccurrence_graph
-from latticerec.graphs.fusion import FUSIONS, fuse_features
+from latticerec.graphs.fusion import fuse_features
 from latticerec.graphs.knn import weighted_spmm
 from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.structure import LatentStructure, StructureModel, propagate_items, select_modalities
+from latticerec.models.options import FeatureFusion, Structure
+from latticerec.models.structure import LatentStructure, StructureModel, feature_modalities, propagate_items
 
 FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
 
 
 @dataclass(frozen=True)
-class MMGEFConfig:
+class MMGEFConfig(Structure, FeatureFusion):
     """MM-GEF options.
 
     ``modalities``: as LATTICE's (empty = every feature matrix of the dataset; precomputed item graphs
-    without features cannot be fused and are skipped). ``fusion``: section 3.1 rule, see
+    without features cannot be fused and are skipped). ``feature_fusion``: section 3.1 rule, see
     :mod:`latticerec.graphs.fusion` (``norm_mean`` default). ``knn_k``: the k of eq. 2 (paper: 10).
     ``lambda_coeff``: LATTICE's skip connection inside ``E^m`` (0.9; 0 = eq. 1-2 on the projected
     feature only, 1 = the fixed graph of the raw fused feature, no learned graph). ``cooc_topk``: the
     top-k per row of ``E^c`` (0 = every co-occurring pair, as eq. 3-4). ``cooc_norm``: ``max`` (eq. 4)
-    or ``symmetric``. ``item_layers``: steps of eq. 6. ``use_cf`` / ``attention``: the ablations of
-    Table 1 (``w/o CF`` = ``use_cf=false``, ``w/o Att`` = ``attention=false``, ``w/o CF+Att`` = both).
+    or ``symmetric``. ``item_layers``: steps of eq. 6 (at least one). ``use_cf`` / ``attention``: the
+    ablations of Table 1 (``w/o CF`` = ``use_cf=false``, ``w/o Att`` = ``attention=false``,
+    ``w/o CF+Att`` = both).
     """
 
-    backbone: str = "lightgcn"
-    modalities: tuple[str, ...] = ()
-    fusion: str = "norm_mean"
-    knn_k: int = 10
-    lambda_coeff: float = 0.9
     cooc_topk: int = 0
     cooc_norm: str = "max"
-    item_layers: int = 1
     use_cf: bool = True
     attention: bool = True
 
     def __post_init__(self):
-        if self.knn_k < 1:
-            raise ValueError("knn_k must be >= 1")
-        if not 0.0 <= self.lambda_coeff <= 1.0:
-            raise ValueError("lambda_coeff must lie in [0, 1]")
+        super().__post_init__()
         if self.cooc_topk < 0:
             raise ValueError("cooc_topk must be >= 0 (0 keeps every co-occurring pair)")
         if self.item_layers < 1:
             raise ValueError("item_layers must be >= 1 (eq. 6 needs at least one step)")
-        if self.fusion not in FUSIONS:
-            raise ValueError(f"fusion must be one of {', '.join(FUSIONS)}")
         if self.cooc_norm not in NORMALIZATIONS:
             raise ValueError(f"cooc_norm must be one of {', '.join(NORMALIZATIONS)}")
-        if len(set(self.modalities)) != len(self.modalities):
-            raise ValueError(f"modalities {self.modalities} lists a modality twice")
-
-
-def feature_modalities(wanted: tuple[str, ...], inputs: ModelInputs, model: str) -> list[str]:
-    """The modalities to fuse: ``wanted`` (each must have features) or every feature matrix."""
-    names = select_modalities(wanted, inputs)
-    if not wanted:
-        names = [m for m in names if m in inputs.features]
-    graph_only = [m for m in names if m not in inputs.features]
-    if graph_only or not names:
-        raise ConfigError(f"{model} fuses item feature matrices; "
-                          + (f"{', '.join(graph_only)} is a precomputed graph without features"
-                             if graph_only else "the dataset has none (add <modality>_feat.npy)"))
-    return names
 
 
 class SoftAttention(nn.Module):
@@ -145,8 +120,7 @@ class MMGEF(StructureModel):
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
                  item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False):
-        super().__init__(backbone, structure)
-        self.item_layers = item_layers
+        super().__init__(backbone, structure, item_layers)
         self.use_cf = cf_graph is not None
         if self.use_cf:
             self.register_buffer("cf_graph", cf_graph, persistent=False)
@@ -159,7 +133,7 @@ class MMGEF(StructureModel):
     @classmethod
     def from_inputs(cls, cfg: MMGEFConfig, inputs: ModelInputs, backbone: Backbone) -> MMGEF:
         names = feature_modalities(cfg.modalities, inputs, "mmgef")
-        fused = fuse_features({m: inputs.features[m] for m in names}, cfg.fusion)
+        fused = fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion)
         structure = LatentStructure({FUSED: inputs.knn_graph(fused, cfg.knn_k)}, {FUSED: fused},
                                     backbone.embed_dim, cfg.knn_k, cfg.lambda_coeff)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)

@@ -8,6 +8,11 @@ Equation numbers follow section 3.1-3.2 of the MICRO paper (TKDE), which restate
 * eq. 6    light graph convolution ``H = A^L X`` over item embeddings ``X``;
 * the backbone's item representations become ``x̃_i + h_i / ‖h_i‖``.
 
+How the per-modality graphs are combined is each model's own part: LATTICE weighs them by
+``α = softmax(scores)`` into one graph (:meth:`StructureModel.weighted_embedding`, also MICRO's
+``fusion=false``), MICRO convolves each modality apart (:meth:`StructureModel.modality_embeddings`)
+and fuses the results, MM-GEF learns one graph of the early-fused feature.
+
 The learned graphs are rebuilt once per epoch, on the epoch's first batch, as in the released code:
 that batch back-propagates through the graph values into ``W_m, b_m``; later batches of the epoch
 reuse the graph detached (a rebuild costs ``N² d`` flops).
@@ -25,14 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.errors import ConfigError
-from latticerec.graphs.knn import (
-    dense_rows_to_csr,
-    knn_indices,
-    knn_values,
-    skip_connection,
-    symmetric_normalize,
-    weighted_spmm,
-)
+from latticerec.graphs.knn import dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
 from latticerec.graphs.sparse import ConstantCSR, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
@@ -55,6 +53,20 @@ def select_modalities(wanted: tuple[str, ...], inputs: ModelInputs) -> list[str]
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", m):
             raise ConfigError(f"modality name {m!r} must be an identifier (letters, digits, _)")
     return chosen
+
+
+def feature_modalities(wanted: tuple[str, ...], inputs: ModelInputs, model: str) -> list[str]:
+    """The modalities an early-fusing model (MM-GEF, CB) fuses: ``wanted`` (each must have
+    features) or every feature matrix."""
+    names = select_modalities(wanted, inputs)
+    if not wanted:
+        names = [m for m in names if m in inputs.features]
+    graph_only = [m for m in names if m not in inputs.features]
+    if graph_only or not names:
+        raise ConfigError(f"{model} fuses item feature matrices; "
+                          + (f"{', '.join(graph_only)} is a precomputed graph without features"
+                             if graph_only else "the dataset has none (add <modality>_feat.npy)"))
+    return names
 
 
 class LatentStructure(nn.Module):
@@ -116,9 +128,7 @@ class LatentStructure(nn.Module):
                 self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
             return self._constant[m]
         with torch.set_grad_enabled(with_grad):
-            feats = self.projected(m)
-            nbr = knn_indices(feats, self.knn_k)
-            val = symmetric_normalize(nbr, knn_values(feats, nbr))
+            nbr, val = knn_rows(self.projected(m), self.knn_k)
         nbr_buf.copy_(nbr)
         val_buf.copy_(val.detach())
         self._constant.pop(m, None)
@@ -165,15 +175,26 @@ def feature_input(structure: LatentStructure) -> torch.Tensor:
 
 class StructureModel(Recommender):
     """What LATTICE, MICRO and MM-GEF share: the backbone they wrap (its ID tables carry the L2
-    term), a :class:`LatentStructure` whose learned graphs are rebuilt once per epoch, and scores
-    with ``item_structure_embedding()`` added to the backbone's items (L2-normalised)."""
+    term), a :class:`LatentStructure` whose learned graphs are rebuilt once per epoch, the item
+    convolution of eq. 6 (``item_layers`` steps from ``X``), and scores with
+    ``item_structure_embedding()`` added to the backbone's items (L2-normalised).
+
+    ``X`` is the backbone's item ID table, or the mean projected feature with ``feats_input``;
+    ``cf_feats`` replaces the convolution by the projected features. ``modality_weights=True`` adds
+    LATTICE's learnable scores (``modal_scores``) of ``α = softmax(scores)``."""
 
     wraps_backbone = True
 
-    def __init__(self, backbone: Backbone, structure: LatentStructure):
+    def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
+                 cf_feats: bool = False, feats_input: bool = False, modality_weights: bool = False):
         super().__init__()
         self.backbone, self.structure = backbone, structure
         self.reg_weight = backbone.reg_weight
+        self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
+        if (cf_feats or feats_input) and not len(structure.projections):
+            raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
+        if modality_weights:
+            self.modal_scores = nn.Parameter(torch.zeros(len(structure.names)))
 
     def ego_embeddings(self):
         return self.backbone.ego_embeddings()
@@ -189,13 +210,41 @@ class StructureModel(Recommender):
         users, items = self.backbone.propagate()
         return users, add_item_signal(items, self.item_structure_embedding())
 
+    def item_input(self) -> torch.Tensor:
+        """``X`` of eq. 6: the backbone's item ID embeddings, or :func:`feature_input` (``feats_input``)."""
+        return feature_input(self.structure) if self.feats_input else self.backbone.item_embedding.weight
+
+    def modal_weights(self) -> torch.Tensor:
+        """LATTICE's ``α = softmax(scores)`` over the modalities (built with ``modality_weights``)."""
+        return torch.softmax(self.modal_scores, dim=0)
+
+    def weighted_embedding(self) -> torch.Tensor:
+        """LATTICE's ``H = A^L X`` with ``A = Σ_m α_m A_m`` (eq. 6 on the aggregated graph), or the
+        ``CF+feats`` ablation's ``Σ_m α_m ẽ_m``."""
+        alpha = self.modal_weights()
+        if self.cf_feats:
+            weights = dict(zip(self.structure.names, alpha, strict=True))
+            return sum(weights[m] * self.structure.projected(m) for m in self.structure.projections)
+        graphs = self.structure.graphs()
+        terms = [(a * w, g) for a, m in zip(alpha, self.structure.names, strict=True) for w, g in graphs[m]]
+        return propagate_items(terms, self.item_input(), self.item_layers)
+
+    def modality_embeddings(self) -> torch.Tensor:
+        """``(M, N, d)``: ``H_m = A_m^L X`` for each modality (eq. 6 per graph), or ``ẽ_m`` with
+        ``cf_feats``."""
+        if self.cf_feats:
+            return torch.stack([self.structure.projected(m) for m in self.structure.projections])
+        graphs, x = self.structure.graphs(), self.item_input()
+        return torch.stack([propagate_items(graphs[m], x, self.item_layers) for m in self.structure.names])
+
 
 def build_structure(cfg, inputs: ModelInputs, embed_dim: int) -> LatentStructure:
     """Initial graphs for the chosen modalities (precomputed item graphs are used as given; features
-    get the cached kNN graph of eq. 1-3) and the learned-graph machinery around them."""
+    get the cached kNN graph of eq. 1-3) and the learned-graph machinery around them; ``cfg`` is a
+    :class:`~latticerec.models.options.Structure` config (with :class:`FeatureAblations`)."""
     names = select_modalities(cfg.modalities, inputs)
     initial = {m: inputs.knn_graph(inputs.features[m], cfg.knn_k) if m in inputs.features
                else inputs.item_graphs[m] for m in names}
     feats = {m: inputs.features[m] for m in names if m in inputs.features}
-    project = bool(getattr(cfg, "cf_feats", False) or getattr(cfg, "feats_input", False))
-    return LatentStructure(initial, feats, embed_dim, cfg.knn_k, cfg.lambda_coeff, project=project)
+    return LatentStructure(initial, feats, embed_dim, cfg.knn_k, cfg.skip_lambda(),
+                           project=cfg.cf_feats or cfg.feats_input)

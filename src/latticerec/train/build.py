@@ -61,10 +61,16 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
                      backbone_config=backbone_cfg)
 
 
+# options renamed since runs were first saved: (model, old key) -> new key
+RENAMED = {("mmgef", "fusion"): "feature_fusion", ("cb", "fusion"): "feature_fusion"}
+
+
 def config_from_dict(saved: dict) -> RunConfig:
-    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (a saved run)."""
+    """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (a saved run); options
+    saved under an old name (:data:`RENAMED`) are read under the new one."""
     cls = get_model_class(saved["model"])
-    model_cfg = make_config(cls.Config, saved["model_config"])
+    values = {RENAMED.get((saved["model"], k), k): v for k, v in saved["model_config"].items()}
+    model_cfg = make_config(cls.Config, values)
     backbone_cfg = None
     if saved.get("backbone_config") is not None:
         backbone_cfg = make_config(get_backbone_class(model_cfg.backbone).Config,

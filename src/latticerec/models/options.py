@@ -1,0 +1,94 @@
+"""Option groups shared by the model configs, each defined (and validated) once.
+
+A model's ``Config`` is a frozen dataclass composed of the groups it uses, so every option name has
+one meaning and one check wherever it appears, and ``--set key=value`` keys stay flat:
+
+=====================  ==========================================  ===============================
+group                  options                                     used by
+=====================  ==========================================  ===============================
+:class:`Modalities`    ``modalities``                              lattice, micro, mmgef, cb
+:class:`Structure`     ``backbone knn_k lambda_coeff item_layers``  lattice, micro, mmgef
+:class:`FeatureAblations` ``cf_feats feats_input``                 lattice, micro
+:class:`FeatureFusion` ``feature_fusion``                          mmgef, cb
+=====================  ==========================================  ===============================
+
+Each group's ``__post_init__`` checks its own fields and hands on to the next group (cooperative
+inheritance), so a composed config runs every check exactly once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from latticerec.graphs.fusion import FUSIONS
+
+LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
+
+
+@dataclass(frozen=True)
+class _Group:
+    def __post_init__(self):
+        """End of the chain of group checks."""
+
+
+@dataclass(frozen=True)
+class Modalities(_Group):
+    """``modalities``: the feature matrices / precomputed item graphs to use (empty: all of them)."""
+
+    modalities: tuple[str, ...] = ()
+
+    def __post_init__(self):
+        if len(set(self.modalities)) != len(self.modalities):
+            raise ValueError(f"modalities {self.modalities} lists a modality twice")
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class Structure(Modalities):
+    """The latent structure learner (eq. 1-6) and the backbone it is plugged into: ``knn_k`` (k of
+    eq. 2), ``lambda_coeff`` (λ of eq. 5; 1 = the initial graphs only), ``item_layers`` (L of eq. 6)."""
+
+    backbone: str = "lightgcn"
+    knn_k: int = 10
+    lambda_coeff: float = LATTICE_LAMBDA
+    item_layers: int = 1
+
+    def __post_init__(self):
+        if self.knn_k < 1:
+            raise ValueError("knn_k must be >= 1")
+        if self.lambda_coeff is not None and not 0.0 <= self.lambda_coeff <= 1.0:
+            raise ValueError("lambda_coeff must lie in [0, 1]")
+        if self.item_layers < 0:
+            raise ValueError("item_layers must be >= 0")
+        super().__post_init__()
+
+    def skip_lambda(self) -> float:
+        """λ of eq. 5 as the model uses it."""
+        return self.lambda_coeff
+
+
+@dataclass(frozen=True)
+class FeatureAblations(_Group):
+    """The papers' feature ablations: ``cf_feats`` (``CF+feats``: projected features replace the
+    graph convolution) and ``feats_input`` (``/feats``: the convolution starts from features)."""
+
+    cf_feats: bool = False
+    feats_input: bool = False
+
+    def __post_init__(self):
+        if self.cf_feats and self.feats_input:
+            raise ValueError("cf_feats and feats_input are different ablations: set at most one")
+        super().__post_init__()
+
+
+@dataclass(frozen=True)
+class FeatureFusion(_Group):
+    """``feature_fusion``: the early-fusion rule of MM-GEF section 3.1
+    (:mod:`latticerec.graphs.fusion`)."""
+
+    feature_fusion: str = "norm_mean"
+
+    def __post_init__(self):
+        if self.feature_fusion not in FUSIONS:
+            raise ValueError(f"feature_fusion must be one of {', '.join(FUSIONS)}")
+        super().__post_init__()

@@ -1,0 +1,76 @@
+"""The graph operations written once: degree normalisations, the user-item adjacency, the kNN entry
+point's backends, all on torch CSR tensors against dense references."""
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from latticerec.graphs.adjacency import normalized_bipartite_adjacency
+from latticerec.graphs.knn import knn_graph, knn_rows
+from latticerec.graphs.normalize import row_normalize_csr, symmetric_normalize_csr
+from latticerec.graphs.sparse import to_torch_csr
+
+
+def _random_sparse(shape, density, seed):
+    rng = np.random.default_rng(seed)
+    dense = (rng.random(shape) < density) * rng.uniform(0.5, 2.0, shape)
+    dense[1] = 0  # a node without edges
+    return dense.astype(np.float32)
+
+
+def test_symmetric_normalisation_equals_the_dense_formula():
+    a = _random_sparse((9, 9), 0.4, 0)
+    d = a.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
+    got = symmetric_normalize_csr(to_torch_csr(a)).to_dense().numpy()
+    np.testing.assert_allclose(got, inv[:, None] * a * inv[None, :], rtol=1e-6)
+    assert not got[1].any() and np.isfinite(got).all()
+
+
+def test_row_normalisation_equals_the_dense_formula():
+    a = _random_sparse((7, 5), 0.5, 1)
+    d = a.sum(1, keepdims=True)
+    got = row_normalize_csr(to_torch_csr(a)).to_dense().numpy()
+    np.testing.assert_allclose(got, np.divide(a, d, out=np.zeros_like(a), where=d > 0), rtol=1e-6)
+    np.testing.assert_allclose(got.sum(1)[d[:, 0] > 0], 1.0, rtol=1e-6)
+    assert not got[1].any()
+
+
+def test_bipartite_adjacency_equals_the_dense_block_matrix():
+    r = (_random_sparse((6, 4), 0.5, 2) > 0).astype(np.float32)
+    a = np.block([[np.zeros((6, 6)), r], [r.T, np.zeros((4, 4))]])
+    d = a.sum(1)
+    inv = np.where(d > 0, 1 / np.sqrt(np.where(d > 0, d, 1)), 0.0)
+    adj = normalized_bipartite_adjacency(to_torch_csr(r))
+    assert adj.layout == torch.sparse_csr and adj.shape == (10, 10)
+    np.testing.assert_allclose(adj.to_dense().numpy(), inv[:, None] * a * inv[None, :], rtol=1e-6)
+    # columns sorted within rows, as CSR products expect
+    crow, col = adj.crow_indices(), adj.col_indices()
+    assert all((col[crow[i]:crow[i + 1]].diff() > 0).all() for i in range(10))
+
+
+def test_bipartite_adjacency_matches_scipy_bit_for_bit():
+    """The torch build reproduces the former scipy construction exactly (same float32 values)."""
+    r = sp.random(50, 40, density=0.1, random_state=3, format="csr", dtype=np.float32)
+    r.data[:] = 1.0
+    big = sp.bmat([[None, r], [r.T, None]], format="csr", dtype=np.float32)
+    deg = np.asarray(big.sum(1)).ravel()
+    with np.errstate(divide="ignore"):
+        inv = np.where(deg > 0, 1.0 / np.sqrt(deg), 0.0).astype(np.float32)
+    rows = np.repeat(np.arange(big.shape[0]), np.diff(big.indptr))
+    big.data = big.data * inv[rows] * inv[big.indices]
+    big.sort_indices()
+    adj = normalized_bipartite_adjacency(to_torch_csr(r))
+    assert np.array_equal(adj.col_indices().numpy(), big.indices)
+    assert np.array_equal(adj.values().numpy(), big.data)
+
+
+def test_knn_entry_point_accepts_only_the_exact_backend():
+    x = torch.randn(12, 4, generator=torch.Generator().manual_seed(0))
+    nbr, val = knn_rows(x, 3)
+    assert nbr.shape == val.shape == (12, 3)
+    assert torch.equal(knn_graph(x, 3, backend="exact").to_dense(), knn_graph(x, 3).to_dense())
+    for bad in ("faiss", "hnsw", ""):
+        with pytest.raises(ValueError, match=f"knn backend {bad!r} is not available; available: exact"):
+            knn_graph(x, 3, backend=bad)
