@@ -14,7 +14,8 @@ What it cannot do without model changes: the released adjacency ``D⁻¹(A+I)``,
 features, LATTICE's joint normalisation and frozen-per-epoch modality weights (#15, #19, #22, #23).
 
 Writes ``metrics.json`` (``history`` with ``valid_recall@20`` per epoch, ``test`` of the best
-validation epoch) into ``--out``, the layout ``compare.py --run`` reads.
+validation epoch) into ``--out``, the layout ``compare.py --run`` reads. ``--sampler interaction``
+and ``--zero-grad none`` switch one piece back to latticerec's, to see what each one changes.
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ from latticerec.data.readers import load_dataset
 from latticerec.graphs.cache import KnnGraphCache
 from latticerec.models.losses import bpr_loss, l2_regularizer
 from latticerec.train.build import build_model, resolve_config
-from latticerec.train.sampling import UserUniformSampler
+from latticerec.train.sampling import BPRSampler, UserUniformSampler
 from latticerec.train.schedule import learning_rate, set_learning_rate
 from latticerec.train.trainer import evaluate_split, seed_everything
 
@@ -47,14 +48,15 @@ def rebuild_graphs(model) -> None:
     model.propagate()  # the rebuild stores the graphs in the buffers; the output is not used
 
 
-def train(data: str, epochs: int, seed: int, cache_dir: str | None) -> dict:
+def train(data: str, epochs: int, seed: int, cache_dir: str | None, sampler_kind: str = "user",
+          zero_grad: str = "zeros") -> dict:
     run = resolve_config("lattice", {**RELEASED, "seed": seed})
     cfg, reg = run.train, run.backbone_config.reg
     dataset = load_dataset(data)
     model = build_model(run, dataset, "cpu", KnnGraphCache(cache_dir))
     seed_everything(seed)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    sampler = UserUniformSampler(dataset.train, seed=seed)
+    sampler = (UserUniformSampler if sampler_kind == "user" else BPRSampler)(dataset.train, seed=seed)
     history, best, best_state = [], (-1.0, 0, {}), None
     for epoch in range(epochs):
         start = time.perf_counter()
@@ -66,7 +68,7 @@ def train(data: str, epochs: int, seed: int, cache_dir: str | None) -> dict:
             user_all, item_all = model.propagate()
             u, p, n = user_all[users], item_all[pos], item_all[neg]
             loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + reg * l2_regularizer(u, p, n)
-            optimizer.zero_grad(set_to_none=False)
+            optimizer.zero_grad(set_to_none=zero_grad == "none")
             loss.backward()
             optimizer.step()
             total += float(loss.detach())
@@ -81,7 +83,8 @@ def train(data: str, epochs: int, seed: int, cache_dir: str | None) -> dict:
     model.load_state_dict(best_state)
     test = evaluate_split(model, dataset, "test", cfg)
     return {"best_epoch": best[1], "valid": best[2], "test": test, "history": history,
-            "config": run.to_dict(), "loop": "benchmarks/fidelity/released_loop.py"}
+            "config": run.to_dict(), "loop": "benchmarks/fidelity/released_loop.py",
+            "sampler": sampler_kind, "zero_grad": zero_grad}
 
 
 def main(argv=None) -> int:
@@ -91,10 +94,12 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, required=True, help="new folder for metrics.json")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--sampler", choices=("user", "interaction"), default="user")
+    p.add_argument("--zero-grad", choices=("zeros", "none"), default="zeros")
     args = p.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"{args.out}: exists; give a new folder")
-    result = train(args.data, args.epochs, args.seed, args.cache_dir)
+    result = train(args.data, args.epochs, args.seed, args.cache_dir, args.sampler, args.zero_grad)
     args.out.mkdir(parents=True)
     (args.out / "metrics.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({"best_epoch": result["best_epoch"], "test": result["test"]}))
