@@ -86,3 +86,31 @@ def test_evaluate_ranking_batches_agree_and_skip_users_without_targets():
     empty = sp.csr_matrix((50, 40))
     with pytest.raises(ValueError, match="no user"):
         evaluate_ranking(users, items, empty)
+
+
+def test_ndcg_legacy_every_cutoff_by_hand():
+    """The released code scores every K from the hit list of the top max(Ks): its ideal DCG@K sorts
+    all hits of that list to the top before cutting at K (issue 15: wrong for K < max(topk))."""
+    # top-5 lists: user 0 hits at ranks 2 and 5, user 1 at ranks 1 and 4, user 2 at rank 3 only
+    hits = torch.tensor([[0, 1, 0, 0, 1], [1, 0, 0, 1, 0], [0, 0, 1, 0, 0]])
+    d = [1 / math.log2(r + 1) for r in range(1, 6)]  # discount of 1-based rank r
+    two = d[0] + d[1]  # ideal DCG of two hits sorted to the top
+    expected = {
+        1: [0.0, 1.0, 0.0],
+        2: [d[1] / two, d[0] / two, 0.0],
+        3: [d[1] / two, d[0] / two, d[2] / d[0]],
+        4: [d[1] / two, (d[0] + d[3]) / two, d[2] / d[0]],
+        5: [(d[1] + d[4]) / two, (d[0] + d[3]) / two, d[2] / d[0]],
+    }
+    for k, want in expected.items():
+        assert ndcg_legacy_at_k(hits, k).tolist() == pytest.approx(want), f"K={k}"
+
+
+def test_evaluate_ranking_legacy_ndcg_below_max_cutoff():
+    # one user, 4 items scored 3 > 2 > 1 > 0 (item 3 first); relevant: items 2 and 0 (ranks 2 and 4)
+    users, items = torch.tensor([[1.0]]), torch.tensor([[0.0], [1.0], [2.0], [3.0]])
+    target = sp.csr_matrix(np.array([[1, 0, 1, 0]], dtype=np.float32))
+    res = evaluate_ranking(users, items, target, topk=(2, 20), ndcg="legacy")
+    d2, d4 = 1 / math.log2(3), 1 / math.log2(5)
+    assert res["ndcg@2"] == pytest.approx(d2 / (1 + d2))  # both hits of the top 20 count in IDCG@2
+    assert res["ndcg@20"] == pytest.approx((d2 + d4) / (1 + d2))

@@ -47,14 +47,19 @@ def ndcg_at_k(hits: torch.Tensor, n_relevant: torch.Tensor, k: int) -> torch.Ten
 def ndcg_legacy_at_k(hits: torch.Tensor, k: int) -> torch.Tensor:
     """NDCG@K as computed in the LATTICE and MICRO code (inherited from NGCF's ``metrics.py``).
 
-    The ideal DCG is that of the *retrieved* hits sorted to the top: with ``h`` hits in the top-K,
-    ``IDCG = Σ_{r=1..h} 1 / log2(r + 1)``. It ignores relevant items that were not retrieved, so it is
-    never lower than the standard NDCG; both agree when every user has a single relevant item.
+    ``hits`` is the hit list of the whole retrieved list, i.e. up to the largest cut-off ``K_max``
+    evaluated (``max(topk)``); the released code scores every ``K`` from that one list. Its ideal DCG
+    sorts the *retrieved* hits of the whole list to the top and cuts at ``K``: with ``h`` hits among
+    the first ``K_max``, ``IDCG@K = Σ_{r=1..min(h, K)} 1 / log2(r + 1)``, while
+    ``DCG@K = Σ_{r=1..K} rel_r / log2(r + 1)`` as usual. Relevant items that were not retrieved are
+    ignored, so for ``K = K_max`` it is never lower than the standard NDCG and both agree when every
+    user has a single relevant item. For ``K < K_max`` hits ranked between ``K`` and ``K_max`` still
+    raise the ideal: the value depends on ``K_max`` (the released code uses ``topk = (10, 20)``).
     """
     disc = _discounts(k, hits.device)
     top = hits[:, :k].to(torch.float64)
     dcg = (top * disc[: top.shape[1]]).sum(1)
-    n_hits = top.sum(1).long()
+    n_hits = hits.sum(1).clamp(max=k).long()
     cum = torch.cat([torch.zeros(1, dtype=torch.float64, device=hits.device), disc.cumsum(0)])
     idcg = cum[n_hits]
     return torch.where(idcg > 0, dcg / idcg.clamp(min=1e-12), torch.zeros_like(dcg))

@@ -1,5 +1,17 @@
-"""Vectorised BPR sampling: one pass over the training interactions per epoch, uniform negatives
-rejected (and redrawn, in bulk) when they are among the user's training items."""
+"""Vectorised BPR sampling, two ways of drawing an epoch's ``(user, positive, negative)`` triples.
+
+* :class:`BPRSampler` (the ``latticerec`` protocol): interaction-uniform. One pass over the training
+  interactions per epoch in a random order; every ``(u, i)`` pair is a positive exactly once.
+* :class:`UserUniformSampler` (the ``released`` protocol: the LATTICE/MICRO code's
+  ``Data.sample``): user-uniform. Each batch draws ``B`` distinct users uniformly among the users
+  with training items, then for each one positive uniformly among their training items; an epoch
+  has ``⌊|R| / B⌋ + 1`` such batches. Light users are drawn as often as heavy ones, so each of a
+  light user's interactions is a positive far more often than one of a heavy user's.
+
+Both draw the negative uniformly among the items the user has no training interaction with
+(:func:`sample_negatives`), and both make epoch ``e`` a deterministic function of ``(seed, e)``, so
+a resumed run draws exactly the batches the uninterrupted run would have.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +44,8 @@ def sample_negatives(users: np.ndarray, train_keys: np.ndarray, n_items: int,
 
 
 class BPRSampler:
-    """Yields ``(users, positives, negatives)`` batches; epoch ``e`` is a deterministic function of
-    ``(seed, e)``, so a resumed run draws exactly the batches the uninterrupted run would have."""
+    """Interaction-uniform triples: each epoch is a random permutation of the training pairs,
+    cut into batches of ``batch_size`` (the last one shorter), ``⌈|R| / B⌉`` batches."""
 
     def __init__(self, train: sp.csr_matrix, seed: int = 0):
         train = sp.csr_matrix(train)
@@ -45,9 +57,6 @@ class BPRSampler:
         if len(self.users) == 0:
             raise ValueError("the training split has no interactions")
 
-    def __len__(self) -> int:
-        return len(self.users)
-
     def n_batches(self, batch_size: int) -> int:
         return (len(self.users) + batch_size - 1) // batch_size
 
@@ -57,5 +66,46 @@ class BPRSampler:
         users, pos = self.users[order], self.items[order]
         neg = sample_negatives(users, self.keys, self.n_items, rng)
         for start in range(0, len(order), batch_size):
+            sl = slice(start, start + batch_size)
+            yield users[sl], pos[sl], neg[sl]
+
+
+class UserUniformSampler:
+    """User-uniform triples, the released LATTICE/MICRO sampler (see the module docstring).
+
+    Per batch: ``B`` users drawn uniformly *without* replacement among the users with at least one
+    training item (with replacement when ``B`` exceeds their number, as the released code does);
+    for each, one positive uniformly among their training items and one negative uniformly among
+    the items they did not interact with. ``⌊|R| / B⌋ + 1`` batches of exactly ``B`` triples per
+    epoch, so one epoch draws about as many triples as :class:`BPRSampler`'s.
+    """
+
+    def __init__(self, train: sp.csr_matrix, seed: int = 0):
+        train = sp.csr_matrix(train)
+        train.sort_indices()
+        self.n_items = train.shape[1]
+        self.indptr = train.indptr.astype(np.int64)
+        self.indices = train.indices.astype(np.int64)
+        self.degree = np.diff(self.indptr)
+        self.active = np.flatnonzero(self.degree > 0).astype(np.int64)
+        if self.active.size == 0:
+            raise ValueError("the training split has no interactions")
+        rows = np.repeat(np.arange(train.shape[0], dtype=np.int64), self.degree)
+        self.keys = np.sort(rows * self.n_items + self.indices)
+        self.seed = seed
+
+    def n_batches(self, batch_size: int) -> int:
+        return len(self.indices) // batch_size + 1
+
+    def epoch(self, epoch: int, batch_size: int):
+        rng = np.random.default_rng([self.seed, epoch])
+        n_batches = self.n_batches(batch_size)
+        replace = batch_size > self.active.size
+        picks = [rng.choice(self.active.size, size=batch_size, replace=replace) for _ in range(n_batches)]
+        users = self.active[np.concatenate(picks)]
+        offset = np.floor(rng.random(users.size) * self.degree[users]).astype(np.int64)
+        pos = self.indices[self.indptr[users] + np.minimum(offset, self.degree[users] - 1)]
+        neg = sample_negatives(users, self.keys, self.n_items, rng)
+        for start in range(0, users.size, batch_size):
             sl = slice(start, start + batch_size)
             yield users[sl], pos[sl], neg[sl]
