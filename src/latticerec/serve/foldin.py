@@ -24,9 +24,10 @@ features. It is placed by the model's own mechanism, exactly as the model comput
 Warm items are left as they are (a new item never changes a trained item's row), so the new item's
 score for user ``u`` is ``user_repr[u] · place(...)[0]``.
 
+MM-GEF places it by LATTICE's rows on its early-fused feature (``E^m``); a new item co-occurs with
+nothing, so its ``E^c`` row is 0 and eq. 5's attention weighs its content view against a zero view.
 CB places a new item by its normalised early-fused feature (its item representation).
-Models without content (MF, LightGCN, NGCF) have kind ``"none"``, as has MM-GEF (its fold-in is not
-written: a new item has no co-occurrence row and the per-item attention of eq. 5 would need one).
+Models without content (MF, LightGCN, NGCF) have kind ``"none"``.
 
 Export side: :func:`fold_in_arrays` (imports torch inside). Placing side: :func:`load_fold_in` and
 :class:`FoldIn`, numpy only: this module never imports torch at import time.
@@ -43,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-KINDS = ("none", "cb", "lattice", "micro")
+KINDS = ("none", "cb", "lattice", "micro", "mmgef")
 EPS = 1e-12  # F.normalize's epsilon
 
 
@@ -166,38 +167,95 @@ def _structure_export(model, dataset) -> tuple[dict, dict]:
     return spec, {k: torch.as_tensor(v).detach().cpu().float().numpy() for k, v in arrays.items()}
 
 
-def _cb_export(model, dataset) -> tuple[dict, dict]:
-    """CB's fusion rule and modalities are not stored in the model: they are the ones whose fused,
-    normalised features reproduce the model's item vectors."""
+def _fusion_rule(dataset, matches, what: str):
+    """The early fusion a model was built with (neither CB nor MM-GEF stores it): the first choice
+    of modalities (largest first) and rule whose fused features ``matches``. Returns the modality
+    dims, the rule, the fixed projections ``norm_mean`` uses, and the fused features."""
     from itertools import combinations
 
     import torch
-    import torch.nn.functional as F
 
     from latticerec.graphs.fusion import FUSIONS, fuse_features, random_projection
 
     names = list(dataset.features)
-    target = model.item_unit.detach().cpu()
     for r in range(len(names), 0, -1):
         for subset in combinations(names, r):
             for how in FUSIONS:
-                feats = {m: torch.as_tensor(dataset.features[m]) for m in subset}
                 try:
-                    fused = F.normalize(fuse_features(feats, how), p=2, dim=1)
+                    fused = fuse_features({m: torch.as_tensor(dataset.features[m]) for m in subset}, how)
                 except ValueError:
                     continue
-                if fused.shape == target.shape and torch.allclose(fused, target, atol=1e-5):
-                    spec = {"kind": "cb", "fusion": how,
-                            "modalities": {m: int(dataset.features[m].shape[1]) for m in subset}}
-                    arrays = {}
-                    common = max(spec["modalities"].values())
-                    if how == "norm_mean" and len(subset) > 1:
-                        for m, dim in spec["modalities"].items():
-                            if dim != common:
-                                arrays[f"projection.{m}"] = random_projection(dim, common).numpy()
-                    return spec, arrays
-    raise ValueError("CB fold-in: no choice of modalities and fusion rule reproduces the model's item "
-                     "vectors from the dataset's features (is this the dataset it was built on?)")
+                if matches(fused):
+                    dims = {m: int(dataset.features[m].shape[1]) for m in subset}
+                    common = max(dims.values())
+                    arrays = {f"projection.{m}": random_projection(d, common)
+                              for m, d in dims.items() if how == "norm_mean" and r > 1 and d != common}
+                    return dims, how, arrays, fused
+    raise ValueError(f"{what} fold-in: no choice of modalities and fusion rule reproduces the model's "
+                     "content features from the dataset's (is this the dataset it was built on?)")
+
+
+def _cb_export(model, dataset) -> tuple[dict, dict]:
+    import torch
+    import torch.nn.functional as F
+
+    target = model.item_unit.detach().cpu()
+
+    def matches(fused):
+        return fused.shape == target.shape and torch.allclose(F.normalize(fused, dim=1), target, atol=1e-5)
+
+    dims, how, arrays, _ = _fusion_rule(dataset, matches, "CB")
+    return {"kind": "cb", "fusion": how, "modalities": dims}, {k: v.numpy() for k, v in arrays.items()}
+
+
+def _mmgef_export(model, dataset) -> tuple[dict, dict]:
+    """MM-GEF: LATTICE's rows on the fused feature (``E^m``); a new item has no co-occurrence row
+    (``E^c`` row 0), so eq. 5 attends over ``E^m X`` and a zero view."""
+    import torch
+
+    from latticerec.graphs.knn import knn_graph, weighted_spmm
+    from latticerec.models.mmgef import FUSED
+
+    st = model.structure
+    target = getattr(st, f"feat_{FUSED}", None)
+    initial = getattr(st, f"initial_{FUSED}")
+
+    def matches(fused):
+        if fused.shape[0] != initial.shape[0] or (target is not None and fused.shape != target.shape):
+            return False
+        if target is not None:
+            return torch.allclose(fused.float(), target.cpu(), atol=1e-5)
+        graph = knn_graph(fused.float(), st.knn_k)
+        return torch.equal(graph.col_indices(), initial.col_indices().cpu())
+
+    dims, how, arrays, fused = _fusion_rule(dataset, matches, "MM-GEF")
+    attention = model.attention is not None
+    spec = {"kind": "mmgef", "modalities": dims, "fusion": how, "fused_dim": int(fused.shape[1]),
+            "k": int(st.knn_k), "lambda": float(st.lam), "learn": bool(st.learn),
+            "item_layers": int(model.item_layers), "cf_feats": False, "feats_input": False,
+            "embed_dim": int(model.backbone.embed_dim), "use_cf": bool(model.use_cf),
+            "attention": attention}
+    arrays["isolated"] = _isolated_item(model.backbone)
+    for m in st.projections:
+        arrays[f"proj_weight.{m}"] = st.projections[m].weight
+        arrays[f"proj_bias.{m}"] = st.projections[m].bias
+    arrays.update(_graph_arrays(st, {FUSED: fused}, st.learn))
+    if attention:
+        att = model.attention
+        arrays.update({"att_w_weight": att.proj.weight, "att_w_bias": att.proj.bias, "att_q1": att.query})
+    terms, x = model.content_terms(), model.backbone.item_embedding.weight
+    if not model.use_cf:
+        hidden = _hidden(terms, x, model.item_layers)
+    else:  # eq. 5-6: h^(1) = w_m E^m X + w_c E^c X, then h^(l) = w_m E^m h + w_c E^c h
+        views = [weighted_spmm(terms, x), model._cf(x)]
+        w = model.graph_weights(views)
+        hidden, h = [x], w[:, :1] * views[0] + w[:, 1:] * views[1]
+        for _ in range(model.item_layers - 1):
+            hidden.append(h)
+            h = w[:, :1] * weighted_spmm(terms, h) + w[:, 1:] * model._cf(h)
+    for layer, h in enumerate(hidden):
+        arrays[f"hidden.{layer}"] = h
+    return spec, {k: torch.as_tensor(v).detach().cpu().float().numpy() for k, v in arrays.items()}
 
 
 def fold_in_arrays(model, dataset) -> tuple[dict, dict[str, np.ndarray]]:
@@ -208,18 +266,18 @@ def fold_in_arrays(model, dataset) -> tuple[dict, dict[str, np.ndarray]]:
     from latticerec.models.cb import ContentBased
     from latticerec.models.lattice import Lattice
     from latticerec.models.micro import Micro
+    from latticerec.models.mmgef import MMGEF
 
     if isinstance(model, ContentBased):
         return _cb_export(model, dataset)
-    if not isinstance(model, (Lattice, Micro)):
-        reason = ("MM-GEF's fold-in is not implemented" if hasattr(model, "structure")
-                  else f"{type(model).__name__} has no content features: a new item cannot be placed")
-        return {"kind": "none", "reason": reason}, {}
+    if not isinstance(model, (Lattice, Micro, MMGEF)):
+        return {"kind": "none", "reason": f"{type(model).__name__} has no content features: a new "
+                                          "item cannot be placed"}, {}
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            return _structure_export(model, dataset)
+            return (_mmgef_export if isinstance(model, MMGEF) else _structure_export)(model, dataset)
     finally:
         model.train(was_training)
 
@@ -339,32 +397,41 @@ class FoldIn:
         raise NotImplementedError  # pragma: no cover - subclasses
 
 
+class Fusion:
+    """Early fusion of a new item's modalities, as :func:`latticerec.graphs.fusion.fuse_features`
+    (``norm_mean`` with its fixed random projections, ``mean`` or ``concat``)."""
+
+    def __init__(self, how: str, modalities: dict[str, int], arrays: dict[str, np.ndarray]):
+        if how not in ("norm_mean", "mean", "concat"):
+            raise ValueError(f"fold-in spec: unknown fusion {how!r}")
+        self.how, self.names = how, list(modalities)
+        common = max(modalities.values())
+        self.projection = {m: _check_array(arrays, f"projection.{m}", (d, common))
+                           for m, d in modalities.items()
+                           if how == "norm_mean" and len(modalities) > 1 and d != common}
+
+    def __call__(self, feats: dict[str, np.ndarray]) -> np.ndarray:
+        vecs = [feats[m] for m in self.names]
+        if self.how == "mean":
+            return np.mean(vecs, axis=0) if len(vecs) > 1 else vecs[0]
+        unit = [_unit(v) for v in vecs]
+        if self.how == "concat":
+            return np.concatenate(unit) / math.sqrt(len(unit))
+        if len(unit) > 1:
+            unit = [_unit(u @ self.projection[m]) if m in self.projection else u
+                    for m, u in zip(self.names, unit, strict=True)]
+        return np.mean(unit, axis=0)
+
+
 class ContentFoldIn(FoldIn):
-    """CB: the normalised early-fused feature (``norm_mean``, ``mean`` or ``concat``); no graph."""
+    """CB: the normalised early-fused feature; no graph."""
 
     def __init__(self, spec: dict, arrays: dict[str, np.ndarray]):
         super().__init__(spec, arrays)
-        self.fusion = spec.get("fusion")
-        if self.fusion not in ("norm_mean", "mean", "concat"):
-            raise ValueError(f"fold-in spec: unknown fusion {self.fusion!r}")
-        common = max(self.modalities.values())
-        self.projection = {m: _check_array(arrays, f"projection.{m}", (d, common))
-                           for m, d in self.modalities.items()
-                           if self.fusion == "norm_mean" and len(self.modalities) > 1 and d != common}
+        self.fusion = Fusion(spec.get("fusion"), self.modalities, arrays)
 
     def place(self, features, exclude=None):
-        feats = [self.check_features(features)[m] for m in self.modalities]
-        if self.fusion == "mean":
-            fused = np.mean(feats, axis=0) if len(feats) > 1 else feats[0]
-        elif self.fusion == "concat":
-            fused = np.concatenate([_unit(f) for f in feats]) / math.sqrt(len(feats))
-        else:
-            unit = [_unit(f) for f in feats]
-            if len(unit) > 1:
-                unit = [_unit(u @ self.projection[m]) if m in self.projection else u
-                        for m, u in zip(self.modalities, unit, strict=True)]
-            fused = np.mean(unit, axis=0)
-        return _unit(fused), []
+        return _unit(self.fusion(self.check_features(features))), []
 
 
 class StructureFoldIn(FoldIn):
@@ -387,24 +454,19 @@ class StructureFoldIn(FoldIn):
         if self.isolated.shape[0] % d:
             raise ValueError(f"fold-in array 'isolated': length {self.isolated.shape[0]} is not a "
                              f"multiple of embed_dim {d}")
-        mods = list(self.modalities)
+        self.graph_dims = self._graph_dims()
         self.proj = {}
         if self.learn or self.cf_feats or self.feats_input:
             self.proj = {m: (_check_array(arrays, f"proj_weight.{m}", (d, dim)),
                              _check_array(arrays, f"proj_bias.{m}", (d,)))
-                         for m, dim in self.modalities.items()}
-        if self.fused:
-            self.att_w = _check_array(arrays, "att_w_weight", (d, d))
-            self.att_b = _check_array(arrays, "att_w_bias", (d,))
-            self.att_q1 = _check_array(arrays, "att_q1", (d,))
-            self.att_q2 = _check_array(arrays, "att_q2", (d,)) if self.specific else None
-        else:
-            self.alpha = _check_array(arrays, "alpha", (len(mods),))
+                         for m, dim in self.graph_dims.items()}
+        self._load_head(arrays, d)
         if self.cf_feats:
             return
-        n = _check_array(arrays, f"raw_unit.{mods[0]}", (None, self.modalities[mods[0]])).shape[0]
+        mods = list(self.graph_dims)
+        n = _check_array(arrays, f"raw_unit.{mods[0]}", (None, self.graph_dims[mods[0]])).shape[0]
         self.raw = {m: (_check_array(arrays, f"raw_unit.{m}", (n, dim)),
-                        _check_array(arrays, f"raw_degree.{m}", (n,))) for m, dim in self.modalities.items()}
+                        _check_array(arrays, f"raw_degree.{m}", (n,))) for m, dim in self.graph_dims.items()}
         self.learned = {m: (_check_array(arrays, f"proj_unit.{m}", (n, d)),
                             _check_array(arrays, f"proj_degree.{m}", (n,)))
                         for m in mods} if self.learn else {}
@@ -413,6 +475,20 @@ class StructureFoldIn(FoldIn):
                                for layer in range(self.layers)] for m in mods}
         else:
             self.hidden = [_check_array(arrays, f"hidden.{layer}", (n, d)) for layer in range(self.layers)]
+
+    def _graph_dims(self) -> dict[str, int]:
+        """The item graphs' modalities and their feature lengths."""
+        return self.modalities
+
+    def _load_head(self, arrays: dict, d: int) -> None:
+        """MICRO's attention weights (eq. 7, 14) or LATTICE's modality weights ``α``."""
+        if self.fused:
+            self.att_w = _check_array(arrays, "att_w_weight", (d, d))
+            self.att_b = _check_array(arrays, "att_w_bias", (d,))
+            self.att_q1 = _check_array(arrays, "att_q1", (d,))
+            self.att_q2 = _check_array(arrays, "att_q2", (d,)) if self.specific else None
+        else:
+            self.alpha = _check_array(arrays, "alpha", (len(self.modalities),))
 
     def _projected(self, m: str, f: np.ndarray) -> np.ndarray:
         w, b = self.proj[m]
@@ -461,6 +537,37 @@ class StructureFoldIn(FoldIn):
         return (self.isolated + np.tile(unit, reps)).astype(np.float32)
 
 
+class MMGEFFoldIn(StructureFoldIn):
+    """MM-GEF: the new item's row of ``E^m`` (LATTICE's rows on the early-fused feature); it has no
+    co-occurrence, so its ``E^c`` row and view are 0 and eq. 5's attention weighs ``E^m X``
+    against a zero view; eq. 6 then scales each layer by the content weight ``w_m``."""
+
+    def _graph_dims(self) -> dict[str, int]:
+        return {"fused": int(self.spec["fused_dim"])}
+
+    def _load_head(self, arrays: dict, d: int) -> None:
+        self.fusion = Fusion(self.spec.get("fusion"), self.modalities, arrays)
+        self.use_cf, self.attention = bool(self.spec["use_cf"]), bool(self.spec["attention"])
+        if self.use_cf and self.attention:
+            self.att_w = _check_array(arrays, "att_w_weight", (d, d))
+            self.att_b = _check_array(arrays, "att_w_bias", (d,))
+            self.att_q1 = _check_array(arrays, "att_q1", (d,))
+
+    def place(self, features, exclude=None):
+        row = self.modality_row("fused", self.fusion(self.check_features(features)), exclude)
+        view = row.weight @ self.hidden[0][row.index]  # E^m X (its own ID embedding is 0)
+        w_m = 1.0
+        if self.use_cf and self.attention:
+            z = np.stack([_unit(view), np.zeros_like(view)])
+            w_m = float(_softmax(np.tanh(z @ self.att_w.T + self.att_b) @ self.att_q1)[0])
+        elif self.use_cf:
+            w_m = 0.5
+        h = w_m * view
+        for layer in self.hidden[1:]:
+            h = w_m * (row.weight @ layer[row.index] + row.self_weight * h)
+        return self._representation(h), row.neighbours()
+
+
 def load_fold_in(spec: dict, arrays: dict[str, np.ndarray]) -> FoldIn | None:
     """The placer of an exported model; None when ``spec["kind"] == "none"`` (no content: POST /items
     answers 422). ValueError for a malformed spec or array (names the field)."""
@@ -473,4 +580,4 @@ def load_fold_in(spec: dict, arrays: dict[str, np.ndarray]) -> FoldIn | None:
         return None
     if kind == "cb":
         return ContentFoldIn(spec, arrays)
-    return StructureFoldIn(spec, arrays)
+    return (MMGEFFoldIn if kind == "mmgef" else StructureFoldIn)(spec, arrays)
