@@ -187,6 +187,10 @@ def lattice_placer():
     ({"image": [1.0] * 7 + [float("nan")], "text": np.ones(6)}, "'image'.*NaN or inf"),
     ({"image": np.ones(8), "text": [float("inf")] * 6}, "'text'.*NaN or inf"),
     ({"image": np.ones(8), "text": ["a"] * 6}, "'text': the feature vector must be a list of numbers"),
+    ({"image": np.ones(8), "text": ["1"] * 6}, "'text': the feature vector must be a list of numbers"),
+    ({"image": [[1.0], 2.0] * 4, "text": np.ones(6)}, "'image': the feature vector must be a list"),
+    ({"image": [1e300] * 8, "text": np.ones(6)}, "'image'.*beyond float32"),
+    ({"image": [3e37] * 8, "text": np.ones(6)}, "'image': the feature vector's norm exceeds 1e\\+30"),
     ({"image": np.ones(8), "text": np.ones(6), "audio": np.ones(3)}, "'audio' is not one of"),
     ([1.0, 2.0], "features must be an object"),
 ])
@@ -195,6 +199,13 @@ def test_bad_features_name_the_modality(lattice_placer, features, message):
     assert placer.modalities == {"image": 8, "text": 6}
     with pytest.raises(ValueError, match=message):
         placer.place(features)
+
+
+def test_exclude_must_be_a_trained_item(lattice_placer):
+    data, _, _, placer = lattice_placer
+    for bad in (-1, data.n_items, 2.0):
+        with pytest.raises(ValueError, match="exclude must be a trained item index"):
+            placer.place(_features(data), exclude=bad)
 
 
 def test_a_new_item_lands_in_its_content_block(lattice_placer):

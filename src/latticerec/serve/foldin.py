@@ -46,6 +46,7 @@ import numpy as np
 
 KINDS = ("none", "cb", "lattice", "micro", "mmgef")
 EPS = 1e-12  # F.normalize's epsilon
+MAX_NORM = 1e30  # larger feature vectors would overflow float32 in the projections
 
 
 def _unit(x: np.ndarray) -> np.ndarray:
@@ -96,15 +97,14 @@ def _graph_arrays(structure, features: dict, learn: bool) -> dict:
 
     out = {}
     for m in structure.names:
-        feat = torch.as_tensor(features[m]).float()
-        csr = getattr(structure, f"initial_{m}")
+        unit = F.normalize(torch.as_tensor(features[m]).float().cpu(), dim=1)
+        csr = getattr(structure, f"initial_{m}").cpu()  # the model's S̃_m: its rows' neighbours
         rows = torch.repeat_interleave(torch.arange(csr.shape[0]), csr.crow_indices().diff())
-        sims = torch.relu((F.normalize(feat, dim=1)[rows] * F.normalize(feat, dim=1)[csr.col_indices()]
-                           ).sum(1))
-        out[f"raw_unit.{m}"] = F.normalize(feat, dim=1)
+        sims = torch.relu((unit[rows] * unit[csr.col_indices()]).sum(1))
+        out[f"raw_unit.{m}"] = unit
         out[f"raw_degree.{m}"] = torch.zeros(csr.shape[0]).index_add_(0, rows, sims)
         if learn:
-            proj = structure.projected(m)
+            proj = structure.projected(m).cpu()
             out[f"proj_unit.{m}"] = F.normalize(proj, dim=1)
             out[f"proj_degree.{m}"] = _row_degrees(proj, knn_indices(proj, structure.knn_k))
     return out
@@ -378,23 +378,43 @@ class FoldIn:
             if m not in features:
                 raise ValueError(f"modality {m!r} is missing (the model needs {', '.join(self.modalities)})")
             try:
-                vec = np.asarray(features[m], dtype=np.float64)
-            except (TypeError, ValueError):
-                raise ValueError(f"modality {m!r}: the feature vector must be a list of numbers") from None
+                vec = np.asarray(features[m])
+            except (TypeError, ValueError):  # ragged nesting
+                vec = None
+            if vec is None or vec.dtype.kind not in "iuf":
+                raise ValueError(f"modality {m!r}: the feature vector must be a list of numbers")
             if vec.ndim != 1 or vec.shape[0] != dim:
                 raise ValueError(f"modality {m!r}: expected a vector of length {dim}, got shape "
                                  f"{vec.shape}")
+            with np.errstate(over="ignore"):
+                vec = vec.astype(np.float32)
             if not np.isfinite(vec).all():
-                raise ValueError(f"modality {m!r}: the feature vector holds NaN or inf")
-            out[m] = vec.astype(np.float32)
+                raise ValueError(f"modality {m!r}: the feature vector holds NaN or inf (or a value "
+                                 "beyond float32)")
+            if np.linalg.norm(vec.astype(np.float64)) > MAX_NORM:
+                raise ValueError(f"modality {m!r}: the feature vector's norm exceeds {MAX_NORM:g}")
+            out[m] = vec
         return out
+
+    def _check_exclude(self, exclude: int | None, n_items: int) -> None:
+        if exclude is not None and not (isinstance(exclude, (int, np.integer)) and 0 <= exclude < n_items):
+            raise ValueError(f"exclude must be a trained item index in [0, {n_items}), got {exclude!r}")
 
     def place(self, features: dict, exclude: int | None = None
               ) -> tuple[np.ndarray, list[tuple[int, float]]]:
         """The new item's representation (comparable with ``item_repr`` rows) and its graph
         neighbours ``[(item index, weight)]`` best first. ``exclude``: leave trained item
         ``exclude`` out of the candidates (checks a placement against a trained item)."""
-        raise NotImplementedError  # pragma: no cover - subclasses
+        feats = self.check_features(features)
+        with np.errstate(all="ignore"):  # huge but finite features: overflow is checked below
+            rep, neighbours = self._place(feats, exclude)
+        if not np.isfinite(rep).all():
+            raise ValueError("the feature values are too large: the placed item's representation "
+                             "overflows float32")
+        return rep, neighbours
+
+    def _place(self, feats: dict[str, np.ndarray], exclude: int | None):  # pragma: no cover
+        raise NotImplementedError
 
 
 class Fusion:
@@ -430,8 +450,8 @@ class ContentFoldIn(FoldIn):
         super().__init__(spec, arrays)
         self.fusion = Fusion(spec.get("fusion"), self.modalities, arrays)
 
-    def place(self, features, exclude=None):
-        return _unit(self.fusion(self.check_features(features))), []
+    def _place(self, feats, exclude):
+        return _unit(self.fusion(feats)), []
 
 
 class StructureFoldIn(FoldIn):
@@ -496,6 +516,7 @@ class StructureFoldIn(FoldIn):
 
     def modality_row(self, m: str, f: np.ndarray, exclude: int | None = None) -> Row:
         """``A_m``'s row of the new item: ``λ S̃_m + (1 - λ) Ã_m`` (eq. 1-5)."""
+        self._check_exclude(exclude, self.raw[m][0].shape[0])
         initial = knn_row(*self.raw[m], f, self.k, exclude)
         if not self.learn:
             return initial
@@ -511,8 +532,7 @@ class StructureFoldIn(FoldIn):
         parts = np.vstack([common, modal - common])
         return _softmax(parts @ self.att_q2) @ parts
 
-    def place(self, features, exclude=None):
-        feats = self.check_features(features)
+    def _place(self, feats, exclude):
         mods = list(self.modalities)
         if self.cf_feats:
             modal = np.stack([self._projected(m, feats[m]) for m in mods])
@@ -553,8 +573,8 @@ class MMGEFFoldIn(StructureFoldIn):
             self.att_b = _check_array(arrays, "att_w_bias", (d,))
             self.att_q1 = _check_array(arrays, "att_q1", (d,))
 
-    def place(self, features, exclude=None):
-        row = self.modality_row("fused", self.fusion(self.check_features(features)), exclude)
+    def _place(self, feats, exclude):
+        row = self.modality_row("fused", self.fusion(feats), exclude)
         view = row.weight @ self.hidden[0][row.index]  # E^m X (its own ID embedding is 0)
         w_m = 1.0
         if self.use_cf and self.attention:
