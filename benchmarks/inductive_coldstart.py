@@ -6,8 +6,8 @@ training, cold valid items used for model selection) and with CB.
 For each split seed ``s``:
 
 1. ``latticerec data cold-start SOURCE --seed s`` (transductive) and ``... --inductive`` (inductive);
-2. ``latticerec train`` of each model on both (training seed ``2024 + s``), skipped when the run
-   folder already has ``metrics.json``;
+2. ``latticerec train`` of each model on both (training seed ``2024 + s``, at most ``--epochs``
+   epochs, default 80), skipped when the run folder already has ``metrics.json``;
 3. Recall/NDCG@20 over the cold test items: for every user with a cold test interaction, only the
    cold test items are ranked (training items excluded), as the transductive evaluation does. Both
    protocols are scored on the same users: those with a warm interaction (the others cannot be
@@ -56,13 +56,13 @@ def cli(*args: str, log: Path | None = None) -> None:
         raise RuntimeError(f"failed: {' '.join(cmd)} (see {log})")
 
 
-def train(model: str, data: Path, out: Path, seed: int) -> None:
+def train(model: str, data: Path, out: Path, seed: int, epochs: int) -> None:
     if (out / "metrics.json").exists():
         return
     out.mkdir(parents=True, exist_ok=True)
     resume = ["--resume"] if (out / "checkpoint.pt").exists() else []
     cli("train", *MODELS[model].split(), "--data", str(data), "--seed", str(seed), "--out", str(out),
-        "--quiet", *resume, log=out / "train.log")
+        "--epochs", str(epochs), "--quiet", *resume, log=out / "train.log")
 
 
 def load_trained(run_dir: Path):
@@ -114,7 +114,7 @@ def cb_model(dataset):
     return build_model(resolve_config("cb", {}), dataset).eval()
 
 
-def run_split(source: Path, work: Path, s: int, models: list[str]) -> list[dict]:
+def run_split(source: Path, work: Path, s: int, models: list[str], epochs: int) -> list[dict]:
     trans, ind = work / f"data/cold-{s}", work / f"data/inductive-{s}"
     if not (trans / "cold_items.json").exists():
         cli("data", "cold-start", str(source), "--out", str(trans), "--seed", str(s))
@@ -129,7 +129,7 @@ def run_split(source: Path, work: Path, s: int, models: list[str]) -> list[dict]
     for model in models:
         for protocol, data in (("transductive", trans), ("inductive", ind)):
             run = work / f"runs/{protocol}-{model}-{s}"
-            train(model, data, run, 2024 + s)
+            train(model, data, run, 2024 + s, epochs)
             trained, ds = load_trained(run)
             row = {"split": s, "model": model, "protocol": protocol}
             if protocol == "inductive":
@@ -179,12 +179,14 @@ def main(argv=None) -> int:
     p.add_argument("--work", default="runs/inductive", help="splits and run folders go here")
     p.add_argument("--split-seeds", type=int, nargs="+", default=[0])
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--epochs", type=int, default=80,
+                   help="cap on training epochs (early stopping with patience 20 usually ends sooner)")
     args = p.parse_args(argv)
     if not Path(args.source).exists():
         print(f"{args.source}: no such dataset", file=sys.stderr)
         return 2
     rows = [r for s in args.split_seeds
-            for r in run_split(Path(args.source), Path(args.work), s, args.models)]
+            for r in run_split(Path(args.source), Path(args.work), s, args.models, args.epochs)]
     print(table(rows))
     return 0
 
