@@ -88,7 +88,8 @@ def inductive_scores(model, dataset, folder: Path) -> dict:
     users, items = model.full_representations()
     n, rows = items.shape[0], len(cold.ids)
     start = time.perf_counter()
-    placed = np.stack([placer.place({m: f[c] for m, f in cold.features.items()})[0] for c in range(rows)])
+    placed = np.stack([placer.place({m: cold.features[m][c] for m in placer.modalities})[0]
+                       for c in range(rows)])
     ms = 1000 * (time.perf_counter() - start) / rows
     all_items = torch.cat([items, torch.as_tensor(placed)])
     target = sp.hstack([sp.csr_matrix((dataset.n_users, n)), cold.test]).tocsr()

@@ -168,7 +168,7 @@ def test_train_place_and_rank_the_cold_items(synthetic, split, tmp_path):
     model.load_state_dict(rd.load_best()["model"])
     cold = read_inductive_cold(out, ds.n_users)
     placer = load_fold_in(*fold_in_arrays(model, ds))
-    placed = np.stack([placer.place({m: f[c] for m, f in cold.features.items()})[0]
+    placed = np.stack([placer.place({m: cold.features[m][c] for m in placer.modalities})[0]
                        for c in range(len(cold.ids))])
     users, items = model.full_representations()
     n = ds.n_items
