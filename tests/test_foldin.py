@@ -172,6 +172,15 @@ def test_models_without_a_fold_in_have_kind_none(name):
     assert load_fold_in(spec, arrays) is None
 
 
+def test_a_precomputed_graph_modality_cannot_place_a_new_item():
+    data = make_block_dataset()
+    pairs = np.stack([np.arange(data.n_items), (np.arange(data.n_items) + 3) % data.n_items], axis=1)
+    data = dataclasses.replace(data, item_graphs={"graph": pairs})
+    model = build_model(resolve_config("lattice", {"embed_dim": "8", "lambda_coeff": "1.0"}), data)
+    spec, arrays = fold_in_arrays(model, data)
+    assert spec["kind"] == "none" and "graph" in spec["reason"] and arrays == {}
+
+
 @pytest.fixture(scope="module")
 def lattice_placer():
     data = make_block_dataset()

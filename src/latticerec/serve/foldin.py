@@ -130,8 +130,8 @@ def _structure_export(model, dataset) -> tuple[dict, dict]:
     st = model.structure
     no_feats = [m for m in st.names if m not in dataset.features]
     if no_feats:
-        raise ValueError(f"modalities {', '.join(no_feats)} are precomputed item graphs without "
-                         "features: a new item cannot be placed in them")
+        return {"kind": "none", "reason": f"modalities {', '.join(no_feats)} are precomputed item "
+                                          "graphs without features: a new item cannot be placed in them"}, {}
     fused = isinstance(model, Micro) and model.fusion
     cf_feats, feats_input = bool(model.cf_feats), bool(model.feats_input)
     spec = {"kind": "micro" if fused else "lattice",
