@@ -76,9 +76,22 @@ def cmd_import_recbole(args) -> int:
 
 
 def cmd_cold_start(args) -> int:
-    from latticerec.data.coldstart import cold_start_split
+    from latticerec.data.coldstart import cold_start_split, inductive_cold_start_split
     from latticerec.data.readers import load_dataset
 
+    if args.inductive:
+        if args.rank_all:
+            raise DataError("--rank-all applies to the transductive split only (an inductive split's "
+                            "cold items are ranked after they are placed: see docs/inductive.md)")
+        r = inductive_cold_start_split(load_dataset(args.data), args.out, seed=args.seed,
+                                       fraction=args.fraction, holdout=args.holdout, name=args.name)
+        print(f"inductive cold-start split: {r['users']} users, {r['warm_items']} warm items "
+              f"({r['train_interactions']}/{r['valid_interactions']}/{r['test_interactions']} "
+              f"train/valid/test warm interactions) -> {args.out}; {r['cold_valid_items']} valid and "
+              f"{r['cold_test_items']} test cold items ({r['cold_valid_interactions']}/"
+              f"{r['cold_test_interactions']} interactions) -> {Path(args.out) / 'cold'}; "
+              f"{r['dropped_users']} users without a warm interaction dropped")
+        return 0
     r = cold_start_split(load_dataset(args.data), args.out, seed=args.seed, fraction=args.fraction,
                          rank="all" if args.rank_all else "cold", name=args.name)
     print(f"cold-start split: {r['cold_valid_items']} valid and {r['cold_test_items']} test cold items; "
@@ -176,6 +189,12 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--name", help="dataset name (default <name>-cold)")
     c.add_argument("--rank-all", action="store_true",
                    help="evaluate by ranking all items instead of the split's cold items")
+    c.add_argument("--inductive", action="store_true",
+                   help="the training folder holds nothing of the cold items (no interactions, no "
+                        "feature rows); their features and interactions go to OUT/cold/")
+    c.add_argument("--holdout", type=float, default=0.2,
+                   help="--inductive: share of users (with 3+ warm interactions) giving one warm "
+                        "interaction to valid, and another share to test (default 0.2)")
     c.set_defaults(func=cmd_cold_start)
 
     w = ds.add_parser("download", help="download a known public dataset (resumable, sha256-checked)")
