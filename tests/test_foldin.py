@@ -120,14 +120,14 @@ def _without_training_interactions(data, item):
     ("lattice", "lightgcn", {}), ("lattice", "ngcf", {}), ("lattice", "mf", {}),
     ("micro", "lightgcn", {}), ("micro", "ngcf", {}),
     ("mmgef", "lightgcn", {}), ("mmgef", "ngcf", {"attention": "false"}),
-    ("mmgef", "lightgcn", {"use_cf": "false", "fusion": "concat"}),
-    ("mmgef", "mf", {"lambda_coeff": "1.0", "fusion": "mean"}),
+    ("mmgef", "lightgcn", {"use_cf": "false", "feature_fusion": "concat"}),
+    ("mmgef", "mf", {"lambda_coeff": "1.0", "feature_fusion": "mean"}),
 ])
 def test_whole_representation_of_an_item_without_interactions(model_name, backbone, extra):
     """An item with no training interaction and a zero ID embedding is exactly a new item: its
     representation (backbone part included, e.g. NGCF's bias layers; MM-GEF's co-occurrence row is
     then 0 too) is reproduced in full."""
-    dims = (8, 8) if extra.get("fusion") == "mean" else (8, 6)
+    dims = (8, 8) if extra.get("feature_fusion") == "mean" else (8, 6)
     data = _without_training_interactions(make_block_dataset(dims=dims), ITEM)
     model = _trained(model_name, data, **{"backbone": backbone, "lambda_coeff": "0.7",
                                           "item_layers": "2", **extra})
@@ -144,7 +144,7 @@ def test_whole_representation_of_an_item_without_interactions(model_name, backbo
                                          ("norm_mean", (8, 8))])
 def test_cb_places_an_item_by_its_fused_feature(fusion, dims):
     data = make_block_dataset(dims=dims)
-    model = build_model(resolve_config("cb", {"fusion": fusion}), data)
+    model = build_model(resolve_config("cb", {"feature_fusion": fusion}), data)
     spec, _, placer = _placer(model, data)
     assert spec["kind"] == "cb" and spec["modalities"] == {"image": dims[0], "text": dims[1]}
     _, items = model.full_representations()
