@@ -8,8 +8,6 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
-
 
 def _atomic(path: Path, write) -> None:
     path = Path(path)
@@ -36,4 +34,6 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # here, not at module level: the serving path writes files without torch
+
     _atomic(path, lambda fh: torch.save(obj, fh))
