@@ -37,7 +37,7 @@ def free_port() -> int:
 
 def start_server(model: Path, port: int, *extra: str) -> subprocess.Popen:
     """``latticerec serve`` in a subprocess; returns once /health answers."""
-    proc = subprocess.Popen([sys.executable, "-m", "latticerec.cli", "serve", str(model), "--port",
+    proc = subprocess.Popen([sys.executable, "-m", "latticerec.serve", str(model), "--port",
                              str(port), *extra], env={**os.environ, "PYTHONPATH": str(SRC)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 60

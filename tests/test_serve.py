@@ -370,3 +370,17 @@ def test_recommend_command(exported, capsys):
         main(["recommend", "--model", str(exported["cb"]), "--user", "u2", "-k", "0"])
     assert "-k: must be >= 1" in capsys.readouterr().err
     assert main(["recommend", "--user", "u2"]) == 2
+
+
+def test_serve_command_binds_localhost(exported, monkeypatch):
+    import uvicorn
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append((app, kw)))
+    assert main(["serve", str(exported["cb"]), "--port", "8999", "--max-k", "7"]) == 0
+    app, kw = calls[0]
+    assert (kw["host"], kw["port"]) == ("127.0.0.1", 8999)
+    assert TestClient(app).get("/users/u1/recommendations?k=8").status_code == 422
+    with pytest.raises(SystemExit):
+        main(["serve", str(exported["cb"]), "--port", "0"])
+    assert main(["serve", str(exported["root"] / "nothing")]) == 2

@@ -43,9 +43,13 @@ def _recommender(model_dir: str, index: str, max_k: int):
 
 def cmd_serve(args) -> int:
     import uvicorn
+    from threadpoolctl import threadpool_limits
 
     from latticerec.serve.app import create_app
 
+    # one BLAS thread per product: concurrent requests use the cores; a many-threaded product per
+    # request only fights the other requests (10x slower on a busy 2-core machine)
+    threadpool_limits(1)
     start = time.perf_counter()
     rec = _recommender(args.model_dir, args.index, args.max_k)
     h = rec.health()
@@ -81,15 +85,8 @@ def cmd_recommend(args) -> int:
     return 0
 
 
-def add_serve_parser(sub) -> None:
-    """Register the serving commands on the CLI's sub-command parser."""
-    e = sub.add_parser("export", help="write a trained run as a self-contained model folder")
-    e.add_argument("--run", required=True, help="run folder written by 'latticerec train'")
-    e.add_argument("--out", required=True, help="model folder to create")
-    e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
-    e.set_defaults(func=cmd_export)
-
-    s = sub.add_parser("serve", help="serve an exported model over HTTP (and a web page at /)")
+def serve_arguments(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``latticerec serve`` (also ``python -m latticerec.serve``)."""
     s.add_argument("model_dir", metavar="MODEL_DIR")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=port_number, default=8000)
@@ -98,6 +95,18 @@ def add_serve_parser(sub) -> None:
                    help="exact top-k, or a faiss HNSW index (its recall@20 is reported in /health)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info"))
     s.set_defaults(func=cmd_serve)
+    return s
+
+
+def add_serve_parser(sub) -> None:
+    """Register the serving commands on the CLI's sub-command parser."""
+    e = sub.add_parser("export", help="write a trained run as a self-contained model folder")
+    e.add_argument("--run", required=True, help="run folder written by 'latticerec train'")
+    e.add_argument("--out", required=True, help="model folder to create")
+    e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    e.set_defaults(func=cmd_export)
+
+    serve_arguments(sub.add_parser("serve", help="serve an exported model over HTTP (and a web page at /)"))
 
     r = sub.add_parser("recommend", help="print a user's top items from a model folder or a run")
     r.add_argument("--model", help="model folder written by 'latticerec export' (fast)")
