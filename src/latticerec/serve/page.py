@@ -22,8 +22,8 @@ a.item{color:#1a5fd0;cursor:pointer;text-decoration:none}a.item:hover{text-decor
 #error{display:none;grid-column:1/3;background:#fdecea;border:1px solid #f5c2c0;color:#8a1c14;
 padding:8px 12px;border-radius:6px}
 input,button,textarea{font:inherit}input[type=text]{width:14em}input[type=number]{width:5em}
-textarea{width:100%;
-height:3.2em}.mod{margin:6px 0}.muted{color:#6b7383}.chips span{display:inline-block;margin:2px}
+textarea{width:100%;height:3.2em}.mod{margin:6px 0}.muted{color:#6b7383}
+.chips span{display:inline-block;margin:2px;padding:1px 7px;background:#eef2f8;border-radius:10px}
 </style></head><body>
 <header><b>latticerec</b><span id="meta">loading...</span></header>
 <main>
@@ -43,7 +43,7 @@ height:3.2em}.mod{margin:6px 0}.muted{color:#6b7383}.chips span{display:inline-b
 <form id="add-form"><input id="new-item" type="text" placeholder="new item id">
 <div id="modalities" class="muted">this model places no new items</div>
 <button id="add" type="submit">Add item</button></form>
-<div id="add-result" class="muted"></div>
+<div id="add-result" class="chips muted"></div>
 </section>
 </main>
 <script>
@@ -135,7 +135,8 @@ async function addItem(ev){
     const r = await api("/items", {method:"POST", headers:{"Content-Type":"application/json"},
       body: jsonWithNaN(body)});
     const res=$("add-result"); res.textContent = "added " + r.item + " (" + r.items + " items); neighbours: ";
-    r.neighbours.forEach(n => { res.appendChild(itemLink(n)); res.append(" "); });
+    r.neighbours.forEach(n => {
+      const sp=document.createElement("span"); sp.appendChild(itemLink(n)); res.appendChild(sp); });
     loadHealth();
   } catch(e) { showError(e.message); }
 }

@@ -187,7 +187,8 @@ class Recommender:
             self.neighbours[raw] = neighbours
             self._snap = Snapshot(n + 1, self._buf[: n + 1], self._norms[: n + 1])
             self.item_pos[raw] = n
-        return {"item": raw, "neighbours": [{"item": i, "weight": w} for i, w in neighbours],
+        return {"item": raw, "neighbours": [{**row, "weight": w} for row, (_, w) in zip(
+                    self.entries(np.asarray([j for j, _ in nbrs], np.int64)), nbrs, strict=True)],
                 "items": n + 1}
 
     def _grow(self) -> None:
