@@ -74,10 +74,11 @@ def synthetic_model(out: Path, n_items: int, n_users: int, dim: int = 64, seen: 
     return write_model_dir(art, out, "# synthetic catalogue for bench_serve.py\n")
 
 
-def start_server(model: Path, port: int, index: str, timeout: float) -> tuple[subprocess.Popen, float]:
+def start_server(model: Path, port: int, index: str, timeout: float,
+                 extra: tuple[str, ...] = ()) -> tuple[subprocess.Popen, float]:
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "latticerec.serve", str(model), "--port", str(port),
-                             "--index", index], env={**os.environ, "PYTHONPATH": str(SRC)},
+                             "--index", index, *extra], env={**os.environ, "PYTHONPATH": str(SRC)},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     while time.perf_counter() - start < timeout:
         if proc.poll() is not None:
@@ -145,7 +146,9 @@ def check_posts(base: str, model: Path, posted: dict, items_before: int) -> dict
 def run_case(name: str, model: Path, index: str, args, feature_rows=None) -> dict:
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    proc, ready_s = start_server(model, port, index, args.start_timeout)
+    extra = ("--hnsw-m", str(args.hnsw_m), "--hnsw-ef-construction", str(args.hnsw_ef_construction),
+             "--hnsw-ef-search", str(args.hnsw_ef_search)) if index == "hnsw" else ()
+    proc, ready_s = start_server(model, port, index, args.start_timeout, extra)
     try:
         health = httpx.get(base + "/health").json()
         users = httpx.get(base + "/users", params={"limit": 1000}).json()["users"]
@@ -168,7 +171,8 @@ def run_case(name: str, model: Path, index: str, args, feature_rows=None) -> dic
                "connections": conns, "duration_s": args.duration, **parse_wrk(wrk.stdout),
                "ready_s": round(ready_s, 2)}
         if index == "hnsw":
-            row["recall@20"] = health["index"].get("recall@20")
+            row.update({k: health["index"].get(k) for k in ("recall@20", "M", "ef_search")},
+                       ef_construction=args.hnsw_ef_construction)
         if posted:
             row.update(check_posts(base, model, posted, health["items"]))
         return row
@@ -204,6 +208,9 @@ def main() -> int:
     p.add_argument("--connections-exact", type=int, default=2,
                    help="connections for exact search over a large catalogue")
     p.add_argument("--posts", type=int, default=100)
+    p.add_argument("--hnsw-m", type=int, default=32)
+    p.add_argument("--hnsw-ef-construction", type=int, default=80)
+    p.add_argument("--hnsw-ef-search", type=int, default=128)
     p.add_argument("--start-timeout", type=float, default=1200)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "latticerec-bench-serve")
     args = p.parse_args()

@@ -34,11 +34,11 @@ def cmd_export(args) -> int:
     return 0
 
 
-def _recommender(model_dir: str, index: str, max_k: int):
+def _recommender(model_dir: str, index: str, max_k: int, hnsw: dict | None = None):
     from latticerec.serve.artifact import load_model_dir
     from latticerec.serve.service import Recommender
 
-    return Recommender(load_model_dir(model_dir), index=index, max_k=max_k)
+    return Recommender(load_model_dir(model_dir), index=index, max_k=max_k, hnsw=hnsw)
 
 
 def cmd_serve(args) -> int:
@@ -49,9 +49,11 @@ def cmd_serve(args) -> int:
 
     # one BLAS thread per product: concurrent requests use the cores; a many-threaded product per
     # request only fights the other requests (10x slower on a busy 2-core machine)
-    threadpool_limits(1)
+    threadpool_limits(1, user_api="blas")
     start = time.perf_counter()
-    rec = _recommender(args.model_dir, args.index, args.max_k)
+    rec = _recommender(args.model_dir, args.index, args.max_k,
+                       {"m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction,
+                        "ef_search": args.hnsw_ef_search})
     h = rec.health()
     print(f"{h['model']}: {h['users']} users, {h['items']} items, index {h['index']} "
           f"(ready in {time.perf_counter() - start:.2f} s); open http://{args.host}:{args.port}/",
@@ -93,6 +95,10 @@ def serve_arguments(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--max-k", type=positive_int, default=1000, help="largest k a request may ask for")
     s.add_argument("--index", choices=("exact", "hnsw"), default="exact",
                    help="exact top-k, or a faiss HNSW index (its recall@20 is reported in /health)")
+    s.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW graph degree M")
+    s.add_argument("--hnsw-ef-construction", type=positive_int, default=80)
+    s.add_argument("--hnsw-ef-search", type=positive_int, default=128,
+                   help="HNSW search breadth (at least 2 (k + seen items) is used)")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info"))
     s.set_defaults(func=cmd_serve)
     return s

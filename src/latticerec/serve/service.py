@@ -57,7 +57,7 @@ class Recommender:
     """Answers recommendations from a :class:`ModelArtifact`."""
 
     def __init__(self, art: ModelArtifact, index: str = "exact", max_k: int = 1000, spare: int = 1024,
-                 recall_k: int = 20):
+                 recall_k: int = 20, hnsw: dict | None = None):
         if index not in ("exact", "hnsw"):
             raise BadInput(f"--index {index!r}: expected exact or hnsw")
         self.art, self.max_k = art, max_k
@@ -79,7 +79,7 @@ class Recommender:
         self._norms = np.empty(self._buf.shape[0], np.float32)
         self._norms[:n] = np.linalg.norm(self._buf[:n], axis=1)
         self._snap = Snapshot(n, self._buf[:n], self._norms[:n])
-        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr)
+        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, **(hnsw or {}))
         if isinstance(self.index, HNSWIndex):
             self.index.recall = self.measure_recall(recall_k)
 
