@@ -147,11 +147,14 @@ def create_app(rec: Recommender) -> FastAPI:
             rec.art.user_ids[:limit]
         return _json({"users": out})
 
-    @app.get("/users/{user}/recommendations")
-    async def user_recs(user: str, request: Request):
+    async def user_recs(request: Request):
+        user = request.path_params["user"]
         k = _query_int(request, "k", 20, rec.max_k)
         items = await work(rec.recommend_user, user, k, _query_bool(request, "exclude_seen", True))
         return _json({"user": user, "items": items})
+
+    # the hot path as a plain Starlette route: no parameter models to solve per request
+    app.router.add_route("/users/{user}/recommendations", user_recs, methods=["GET"])
 
     @app.get("/users/{user}/items")
     async def user_items(user: str):

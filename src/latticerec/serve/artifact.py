@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import SafetensorError
-from safetensors.numpy import load as st_load
+from safetensors.numpy import load_file as st_load_file
 from safetensors.numpy import save as st_save
 
 from latticerec import __version__
@@ -120,7 +120,7 @@ def _read_json(path: Path) -> object:
 
 def _read_safetensors(path: Path) -> dict[str, np.ndarray]:
     try:
-        return st_load(path.read_bytes())
+        return st_load_file(path)
     except FileNotFoundError:
         raise ArtifactError(f"{path}: missing") from None
     except (OSError, SafetensorError, ValueError, TypeError) as exc:

@@ -76,6 +76,7 @@ class Recommender:
         n = self.n_base + added.shape[0]
         self._buf = np.empty((n + spare, art.item_repr.shape[1]), np.float32)
         self._buf[: self.n_base], self._buf[self.n_base: n] = art.item_repr, added
+        art.item_repr = self._buf[: self.n_base]  # one copy of the catalogue in memory
         self._norms = np.empty(self._buf.shape[0], np.float32)
         self._norms[:n] = np.linalg.norm(self._buf[:n], axis=1)
         self._snap = Snapshot(n, self._buf[:n], self._norms[:n])
