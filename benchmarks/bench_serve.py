@@ -55,13 +55,18 @@ def free_port() -> int:
 
 def synthetic_model(out: Path, n_items: int, n_users: int, dim: int = 64, seen: int = 20,
                     seed: int = 0) -> Path:
-    """A model folder with random representations (score = user . item, items of unit norm)."""
+    """A model folder with random representations (score = user . item, items of unit norm).
+
+    Coordinate j has standard deviation j^-1/2: trained representations have a decaying spectrum
+    (TikTok LATTICE's singular values fall faster: 0.11 of the first at the 16th), while isotropic
+    Gaussian vectors have none and are the worst case of every ANN index."""
     if (out / "manifest.json").exists():
         return out
     rng = np.random.default_rng(seed)
-    items = rng.standard_normal((n_items, dim), dtype=np.float32)
+    spectrum = (np.arange(1, dim + 1) ** -0.5).astype(np.float32)
+    items = rng.standard_normal((n_items, dim), dtype=np.float32) * spectrum
     items /= np.linalg.norm(items, axis=1, keepdims=True)
-    users = rng.standard_normal((n_users, dim), dtype=np.float32)
+    users = rng.standard_normal((n_users, dim), dtype=np.float32) * spectrum
     indices = np.sort(rng.integers(0, n_items, (n_users, seen)), axis=1).astype(np.int32)
     art = ModelArtifact(manifest={}, user_repr=users, item_repr=items,
                         train_indptr=np.arange(0, n_users * seen + 1, seen, dtype=np.int64),
@@ -90,6 +95,12 @@ def start_server(model: Path, port: int, index: str, timeout: float,
             time.sleep(0.5)
     proc.kill()
     raise RuntimeError(f"server not ready within {timeout} s")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def wrk_script(users: list[str], path: Path, k: int) -> Path:
@@ -147,7 +158,9 @@ def run_case(name: str, model: Path, index: str, args, feature_rows=None) -> dic
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     extra = ("--hnsw-m", str(args.hnsw_m), "--hnsw-ef-construction", str(args.hnsw_ef_construction),
-             "--hnsw-ef-search", str(args.hnsw_ef_search)) if index == "hnsw" else ()
+             "--hnsw-ef-search", str(args.hnsw_ef_search),
+             *(("--hnsw-target-recall", str(args.hnsw_target_recall)) if args.hnsw_target_recall else ())
+             ) if index == "hnsw" else ()
     proc, ready_s = start_server(model, port, index, args.start_timeout, extra)
     try:
         health = httpx.get(base + "/health").json()
@@ -162,14 +175,19 @@ def run_case(name: str, model: Path, index: str, args, feature_rows=None) -> dic
                 poster = threading.Thread(target=post_items, args=(base, health["modalities"], args.posts,
                                                                    args.duration * 0.9, feature_rows, posted))
                 poster.start()
+            cpu0 = cpu_seconds(proc.pid)
             wrk = subprocess.run(["wrk", "-t1", f"-c{conns}", f"-d{args.duration}s", "--latency",
                                   "--timeout", "10s", "-s", str(script), base],
                                  capture_output=True, text=True, timeout=args.duration + 60)
+            cpu = cpu_seconds(proc.pid) - cpu0
             if poster is not None:
                 poster.join(timeout=120)
         row = {"case": name, "index": index, "items": health["items"], "users": health["users"],
                "connections": conns, "duration_s": args.duration, **parse_wrk(wrk.stdout),
                "ready_s": round(ready_s, 2)}
+        # CPU the server spent per answered request (load-independent: the machine may be shared)
+        row["server_cpu_ms_per_req"] = round(1e3 * cpu / max(row["requests"], 1), 3)
+        row["load_avg_1m"] = os.getloadavg()[0]
         if index == "hnsw":
             row.update({k: health["index"].get(k) for k in ("recall@20", "M", "ef_search")},
                        ef_construction=args.hnsw_ef_construction)
@@ -196,7 +214,7 @@ def fresh_copy(model: Path, work: Path, name: str) -> Path:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", default=["tiktok", "synthetic-exact", "synthetic-hnsw"],
-                   choices=["tiktok", "tiktok-cb", "synthetic-exact", "synthetic-hnsw"])
+                   choices=["tiktok", "tiktok-hnsw", "tiktok-cb", "synthetic-exact", "synthetic-hnsw"])
     p.add_argument("--tiktok-model", type=Path, help="exported TikTok model folder")
     p.add_argument("--tiktok-run", type=Path, help="TikTok run folder (exported into --work)")
     p.add_argument("--tiktok-cb-model", type=Path)
@@ -211,6 +229,7 @@ def main() -> int:
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-ef-construction", type=int, default=80)
     p.add_argument("--hnsw-ef-search", type=int, default=128)
+    p.add_argument("--hnsw-target-recall", type=float)
     p.add_argument("--start-timeout", type=float, default=1200)
     p.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "latticerec-bench-serve")
     args = p.parse_args()
@@ -219,7 +238,7 @@ def main() -> int:
         return 2
     args.work.mkdir(parents=True, exist_ok=True)
     for case in args.cases:
-        if case == "tiktok":
+        if case in ("tiktok", "tiktok-hnsw"):
             model = args.tiktok_model
             if model is None and args.tiktok_run is not None:
                 from latticerec.serve.export import export_run
@@ -228,7 +247,7 @@ def main() -> int:
             if model is None:
                 print(json.dumps({"case": case, "skipped": "give --tiktok-model or --tiktok-run"}))
                 continue
-            row = run_case(case, fresh_copy(model, args.work, "tiktok"), "exact", args)
+            row = run_case(case, fresh_copy(model, args.work, case), case.partition("-")[2] or "exact", args)
             print(json.dumps(row), flush=True)
         elif case == "tiktok-cb":
             if args.tiktok_cb_model is None:

@@ -358,6 +358,24 @@ def test_hnsw_index_reports_recall(exported):
     np.testing.assert_allclose([it["score"] for it in got], [it["score"] for it in want], rtol=1e-5)
 
 
+def test_hnsw_ef_search_is_tuned_to_a_target_recall():
+    from latticerec.serve.artifact import ModelArtifact
+
+    rng = np.random.default_rng(0)
+    n_users, n_items = 50, 5000
+    art = ModelArtifact(manifest={"model": "random", "fold_in": {"kind": "none"}},
+                        user_repr=rng.standard_normal((n_users, 32), dtype=np.float32),
+                        item_repr=rng.standard_normal((n_items, 32), dtype=np.float32),
+                        train_indptr=np.zeros(n_users + 1, np.int64), train_indices=np.zeros(0, np.int32),
+                        user_ids=[str(u) for u in range(n_users)], item_ids=[str(i) for i in range(n_items)])
+    loose = Recommender(art, index="hnsw", recall_k=5, hnsw={"m": 8, "ef_construction": 16, "ef_search": 1})
+    assert loose.health()["index"]["recall@5"] < 0.99
+    tuned = Recommender(art, index="hnsw", recall_k=5,
+                        hnsw={"m": 8, "ef_construction": 16, "ef_search": 1, "target_recall": 0.99})
+    h = tuned.health()["index"]
+    assert 1 < h["ef_search"] < 4096 and h["recall@5"] >= 0.99
+
+
 def test_recommend_command(exported, capsys):
     assert main(["recommend", "--model", str(exported["cb"]), "--user", "u2", "-k", "3"]) == 0
     out = capsys.readouterr().out.splitlines()

@@ -19,6 +19,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def fraction(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def port_number(text: str) -> int:
     value = positive_int(text)
     if value > 65535:
@@ -53,7 +63,7 @@ def cmd_serve(args) -> int:
     start = time.perf_counter()
     rec = _recommender(args.model_dir, args.index, args.max_k,
                        {"m": args.hnsw_m, "ef_construction": args.hnsw_ef_construction,
-                        "ef_search": args.hnsw_ef_search})
+                        "ef_search": args.hnsw_ef_search, "target_recall": args.hnsw_target_recall})
     h = rec.health()
     print(f"{h['model']}: {h['users']} users, {h['items']} items, index {h['index']} "
           f"(ready in {time.perf_counter() - start:.2f} s); open http://{args.host}:{args.port}/",
@@ -99,6 +109,8 @@ def serve_arguments(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--hnsw-ef-construction", type=positive_int, default=80)
     s.add_argument("--hnsw-ef-search", type=positive_int, default=128,
                    help="HNSW search breadth (at least 2 (k + seen items) is used)")
+    s.add_argument("--hnsw-target-recall", type=fraction, default=None, metavar="R",
+                   help="double efSearch at start-up until recall@20 on 200 users reaches R")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info"))
     s.set_defaults(func=cmd_serve)
     return s

@@ -80,8 +80,11 @@ class Recommender:
         self._norms = np.empty(self._buf.shape[0], np.float32)
         self._norms[:n] = np.linalg.norm(self._buf[:n], axis=1)
         self._snap = Snapshot(n, self._buf[:n], self._norms[:n])
-        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, **(hnsw or {}))
+        hnsw = dict(hnsw or {})
+        target = hnsw.pop("target_recall", None)
+        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, **hnsw)
         if isinstance(self.index, HNSWIndex):
+            self.tune_ef_search(recall_k, target)
             self.index.recall = self.measure_recall(recall_k)
 
     # -- lookups -----------------------------------------------------------------------------------
@@ -201,6 +204,13 @@ class Recommender:
         self._buf, self._norms = buf, norms
 
     # -- status ----------------------------------------------------------------------------------
+    def tune_ef_search(self, k: int, target: float | None, limit: int = 4096) -> None:
+        """Double ``efSearch`` until recall@k on a tuning sample of users (not the one reported)
+        reaches ``target``."""
+        while target is not None and self.index.ef_search < limit \
+                and self.measure_recall(k, seed=1)[f"recall@{k}"] < target:
+            self.index.ef_search *= 2
+
     def measure_recall(self, k: int, sample: int = RECALL_SAMPLE, seed: int = 0) -> dict:
         """recall@k of the HNSW index against exact search on a sample of users (seen excluded)."""
         users = np.random.default_rng(seed).choice(self.n_users, min(sample, self.n_users), replace=False)
