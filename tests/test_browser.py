@@ -122,7 +122,7 @@ def test_page_lists_adds_and_shows_errors(served, tmp_path):
         driver.find_element(By.ID, "new-item").send_keys("half-item")
         driver.find_element(By.ID, "feat-text").clear()
         driver.find_element(By.ID, "add").click()
-        wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "modality 'text': missing"))
+        wait.until(ec.text_to_be_present_in_element((By.ID, "error"), "modality 'text'"))
         driver.find_element(By.ID, "user").clear()
         driver.find_element(By.ID, "user").send_keys("nobody")
         driver.find_element(By.ID, "show").click()

@@ -160,7 +160,9 @@ class Recommender:
     def add_item(self, raw: object, features: object) -> dict:
         """Place a new item from its content, save it under the model folder, then publish it."""
         if self.fold_in is None:
-            raise BadInput(f"features: model {self.art.model!r} has no content; it cannot place a new item")
+            reason = self.art.manifest["fold_in"].get("reason") or \
+                f"model {self.art.model!r} has no content: it cannot place a new item"
+            raise BadInput(f"features: {reason}")
         if not isinstance(raw, str) or not raw.strip() or len(raw) > MAX_ID_LENGTH \
                 or not raw.isprintable() or "/" in raw:
             raise BadInput(f"item: expected a printable id of 1..{MAX_ID_LENGTH} characters without '/'")
