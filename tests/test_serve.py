@@ -59,6 +59,15 @@ def test_export_writes_the_spec(exported):
     users, items = (t.numpy() for t in loaded.model.full_representations())
     np.testing.assert_allclose(arrays["user_repr"], users, rtol=1e-6)
     np.testing.assert_allclose(arrays["item_repr"], items, rtol=1e-6)
+    import torch
+
+    from latticerec.evaluate.ranking import evaluate_ranking
+
+    ds = loaded.dataset  # the exported representations reproduce the run's test metrics
+    again = evaluate_ranking(torch.from_numpy(arrays["user_repr"]), torch.from_numpy(arrays["item_repr"]),
+                             ds.test, exclude=[ds.train], topk=(20,))
+    assert again["recall@20"] == pytest.approx(man["metrics"]["test"]["recall@20"])
+    assert again["ndcg@20"] == pytest.approx(man["metrics"]["test"]["ndcg@20"])
     train = loaded.dataset.train
     np.testing.assert_array_equal(arrays["train_indptr"], train.indptr)
     np.testing.assert_array_equal(arrays["train_indices"], train.indices)
