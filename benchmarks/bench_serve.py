@@ -12,13 +12,20 @@ Cases:
 * ``tiktok``: an exported TikTok model (``--tiktok-model DIR``, or ``--tiktok-run RUN`` exported here);
 * ``tiktok-cb``: the CB model of TikTok (``--tiktok-cb-model``), which places new items: posts use real
   TikTok feature rows;
-* ``synthetic-exact`` / ``synthetic-hnsw``: a synthetic catalogue (default 1,000,000 items, 64-d,
-  unit-norm Gaussian item vectors, 10,000 Gaussian users with 20 seen items each) written directly as a
-  model folder (fold-in ``cb`` over one 64-d modality, so posts work), served with ``--index exact``
-  and ``--index hnsw`` (the server's recall@20 against exact on 200 users is printed).
+* ``tiktok-hnsw``: the same model served from an HNSW index;
+* ``synthetic-exact`` / ``synthetic-hnsw``: a synthetic catalogue (default 1,000,000 items, 64-d
+  Gaussian vectors with a power-law spectrum, items of unit norm, 10,000 users with 20 seen items
+  each) written directly as a model folder (fold-in ``cb`` over one 64-d modality, so posts work),
+  served with ``--index exact`` and ``--index hnsw`` (the server's recall@20 against exact on 200
+  users is printed).
 
-    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --tiktok-model /tmp/serve-tt-model \
-        --cases tiktok synthetic-exact synthetic-hnsw
+Each row also gives the server's CPU time per answered request (``server_cpu_ms_per_req``, which
+includes the posts) and the 1-minute load average: on a shared machine the latencies measure the
+other processes too.
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_serve.py --tiktok-model models/tiktok-lattice \
+        --cases tiktok synthetic-exact synthetic-hnsw --hnsw-m 16 --hnsw-ef-construction 64 \
+        --hnsw-target-recall 0.95
 """
 
 from __future__ import annotations
