@@ -26,7 +26,7 @@ import numpy as np
 from latticerec.errors import LatticeRecError
 from latticerec.serve.artifact import ModelArtifact, save_added
 from latticerec.serve.foldin import load_fold_in
-from latticerec.serve.index import ExactIndex, HNSWIndex, recall_against_exact, top_k
+from latticerec.serve.index import ExactIndex, HNSWIndex, exact_top_k, recall_against_exact, top_k
 
 MAX_ID_LENGTH = 200
 RECALL_SAMPLE = 200
@@ -80,6 +80,7 @@ class Recommender:
         self._norms = np.empty(self._buf.shape[0], np.float32)
         self._norms[:n] = np.linalg.norm(self._buf[:n], axis=1)
         self._snap = Snapshot(n, self._buf[:n], self._norms[:n])
+        self._truth: dict = {}
         hnsw = dict(hnsw or {})
         target = hnsw.pop("target_recall", None)
         self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, **hnsw)
@@ -216,9 +217,12 @@ class Recommender:
     def measure_recall(self, k: int, sample: int = RECALL_SAMPLE, seed: int = 0) -> dict:
         """recall@k of the HNSW index against exact search on a sample of users (seen excluded)."""
         users = np.random.default_rng(seed).choice(self.n_users, min(sample, self.n_users), replace=False)
-        snap = self._snap
-        rec = recall_against_exact(self.index, snap.reprs, self.art.user_repr[users],
-                                   [self.seen(u) for u in users], k)
+        snap, excludes = self._snap, [self.seen(u) for u in users]
+        key = (k, sample, seed, snap.n)
+        if key not in self._truth:  # exact lists, kept while efSearch is tuned
+            self._truth[key] = exact_top_k(snap.reprs, self.art.user_repr[users], excludes, k)
+        rec = recall_against_exact(self.index, snap.reprs, self.art.user_repr[users], excludes, k,
+                                   self._truth[key])
         return {f"recall@{k}": round(rec, 4), "recall_users": int(users.size)}
 
     def work_size(self) -> int:
