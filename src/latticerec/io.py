@@ -19,8 +19,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from latticerec.errors import OutputError
 
 TEMP_PATTERN = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")  # mkstemp's names: .NAME.XXXXXXXX.tmp
@@ -74,6 +72,8 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def atomic_torch_save(path: Path, obj: Any) -> None:
+    import torch  # here, not at module level: the serving path writes files without torch
+
     _atomic(path, lambda fh: torch.save(obj, fh))
 
 
