@@ -43,7 +43,7 @@ def client_for(path: Path, **kw) -> TestClient:
 
 # -- export -----------------------------------------------------------------------------------------
 def test_export_writes_the_spec(exported):
-    from latticerec.serve.runs import load_run
+    from latticerec.train.rundir import RunDir, load_trained
 
     path = exported["lightgcn"]
     man = json.loads((path / "manifest.json").read_text())
@@ -55,7 +55,7 @@ def test_export_writes_the_spec(exported):
     arrays = load_file(path / "arrays.safetensors")
     for name, spec in man["arrays"].items():
         assert list(arrays[name].shape) == spec["shape"] and str(arrays[name].dtype) == spec["dtype"]
-    loaded = load_run(exported["root"] / "lightgcn-run")
+    loaded = load_trained(RunDir(exported["root"] / "lightgcn-run"))
     users, items = (t.numpy() for t in loaded.model.full_representations())
     np.testing.assert_allclose(arrays["user_repr"], users, rtol=1e-6)
     np.testing.assert_allclose(arrays["item_repr"], items, rtol=1e-6)

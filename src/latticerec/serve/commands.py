@@ -82,9 +82,9 @@ def cmd_recommend(args) -> int:
         rec = _recommender(args.model, "exact", max(args.k, 1))
     else:
         from latticerec.serve.export import build_artifact
-        from latticerec.serve.runs import load_run
+        from latticerec.train.rundir import RunDir, load_trained
 
-        rec = Recommender(build_artifact(load_run(args.run)), max_k=args.k)
+        rec = Recommender(build_artifact(load_trained(RunDir(args.run))), max_k=args.k)
     try:
         items = rec.recommend_user(str(args.user), args.k)
     except NotFound as exc:

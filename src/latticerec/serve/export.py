@@ -8,7 +8,6 @@ dataset folder has an item table, the titles complete it.
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 
@@ -19,22 +18,6 @@ from latticerec.errors import DataError, LatticeRecError
 from latticerec.serve.artifact import ModelArtifact, make_manifest, write_model_dir
 
 TITLE_FIELDS = ("title", "name")
-
-
-def dataset_hash(dataset: Dataset) -> str:
-    """sha256 of the training matrix (CSR row pointer and columns) and every feature matrix."""
-    own = getattr(dataset, "content_hash", None)
-    if callable(own):
-        return str(own())
-    h = hashlib.sha256()
-    train = dataset.train
-    for arr in (np.asarray(train.shape, np.int64), train.indptr.astype(np.int64),
-                train.indices.astype(np.int64)):
-        h.update(arr.tobytes())
-    for name in sorted(dataset.features):
-        feat = np.ascontiguousarray(dataset.features[name], np.float32)
-        h.update(name.encode() + b"\0" + np.asarray(feat.shape, np.int64).tobytes() + feat.tobytes())
-    return h.hexdigest()
 
 
 def raw_ids(dataset: Dataset) -> tuple[list[str], list[str]]:
@@ -111,7 +94,7 @@ def model_card(man: dict, source: str) -> str:
 
 
 def build_artifact(loaded) -> ModelArtifact:
-    """The model folder's content, in memory, from a :class:`latticerec.serve.runs.LoadedRun`."""
+    """The model folder's content, in memory, from a :class:`latticerec.train.rundir.TrainedRun`."""
     from latticerec.serve.foldin import fold_in_arrays
 
     ds, model = loaded.dataset, loaded.model
@@ -131,10 +114,10 @@ def build_artifact(loaded) -> ModelArtifact:
         fold={k: np.ascontiguousarray(v) for k, v in fold.items()})
     art.manifest = make_manifest(
         model=loaded.run.model, config=loaded.run.to_dict(),
-        dataset={"name": ds.name, "content_hash": dataset_hash(ds), "n_users": ds.n_users,
+        dataset={"name": ds.name, "content_hash": ds.content_hash(), "n_users": ds.n_users,
                  "n_items": ds.n_items, "source": loaded.meta.get("data")},
         metrics={"valid": metrics.get("valid"), "test": metrics.get("test"),
-                 "best_epoch": metrics.get("best_epoch", loaded.best.get("epoch"))},
+                 "best_epoch": metrics.get("best_epoch", loaded.best_epoch)},
         arrays=art.arrays(), fold_in=spec, created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     return art
 
@@ -142,10 +125,10 @@ def build_artifact(loaded) -> ModelArtifact:
 def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Export the run in ``run_dir`` to the model folder ``out_dir``; returns ``out_dir``."""
     from latticerec.serve.artifact import ArtifactError
-    from latticerec.serve.runs import load_run
+    from latticerec.train.rundir import RunDir, load_trained
 
     out = Path(out_dir)
     if out.exists() and not overwrite:  # before the (slow) model rebuild
         raise ArtifactError(f"{out}: already exists; choose another --out or pass --overwrite")
-    art = build_artifact(load_run(run_dir))
+    art = build_artifact(load_trained(RunDir(run_dir)))
     return write_model_dir(art, out, model_card(art.manifest, str(run_dir)), overwrite=overwrite)

@@ -290,6 +290,8 @@ class TrainedRun:
     run: Any  # latticerec.train.build.RunConfig
     dataset: Any  # latticerec.data.dataset.Dataset
     model: torch.nn.Module  # with the best weights, in eval mode
+    run_dir: RunDir
+    best_epoch: int | None  # the epoch of the best weights (0 for a model with nothing to train)
 
 
 def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cache=None) -> TrainedRun:
@@ -316,7 +318,8 @@ def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cach
         raise RunError(f"{run_dir.file(run_dir.BEST)}: the weights do not fit the model of "
                        f"{run_dir.file(run_dir.CONFIG)}: {str(exc).splitlines()[0]}") from None
     model.eval()
-    return TrainedRun(meta=meta, run=run, dataset=dataset, model=model)
+    return TrainedRun(meta=meta, run=run, dataset=dataset, model=model, run_dir=run_dir,
+                      best_epoch=best.get("epoch"))
 
 
 def as_run_dir(out_dir: str | Path | RunDir | None) -> RunDir | None:

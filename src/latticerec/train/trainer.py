@@ -28,7 +28,6 @@ from latticerec.models.base import Recommender
 from latticerec.train.rundir import RunDir, as_run_dir
 from latticerec.train.sampling import BPRSampler
 
-BEST = RunDir.BEST  # kept for serve/runs.py until it reads weights through RunDir.load_best
 STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
 
 
