@@ -73,6 +73,10 @@ def cmd_train(args) -> int:
     run = resolve_config(args.model, _train_overrides(args))
     device = resolve_device(args.device)
     run_dir = RunDir(args.out or _default_out(args.model, args.data))
+    if args.export:
+        from latticerec.serve.export import check_export_target
+
+        check_export_target(args.export, args.overwrite)
     data_spec = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
     cache = KnnGraphCache(args.cache_dir)
     cache.check_writable()  # before the data load: a read-only or full disk is reported at once
@@ -105,6 +109,16 @@ def cmd_train(args) -> int:
     print(_format_table(result["valid"], result["test"], run.train.topk))
     print(f"wrote {run_dir.file(RunDir.METRICS)} and per-user test metrics "
           f"{run_dir.file(RunDir.PER_USER)}")
+    if args.export:
+        from latticerec.serve.export import export_trained
+        from latticerec.train.rundir import TrainedRun
+
+        trained = TrainedRun(meta=run_dir.read_config(), run=run, dataset=dataset, model=model.eval(),
+                             run_dir=run_dir, best_epoch=result["best_epoch"])
+        out = export_trained(trained, args.export, overwrite=args.overwrite)
+        print(f"exported the model to {out}\nserve it:  latticerec serve {out}   "
+              "(then open http://127.0.0.1:8000/)\nor ask it: latticerec recommend "
+              f"--model {out} --user <user id> -k 20")
     return 0
 
 
@@ -152,6 +166,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "only --epochs and patience may change)")
     t.add_argument("--overwrite", action="store_true",
                    help="replace the run already in --out (without it an existing run is refused)")
+    t.add_argument("--export", metavar="MODEL_DIR",
+                   help="after training, export the best model to MODEL_DIR for 'latticerec serve'")
     t.add_argument("--quiet", action="store_true", help="no progress bars")
     t.add_argument("--cache-dir", help="where initial kNN graphs are cached "
                    "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")

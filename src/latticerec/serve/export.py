@@ -122,13 +122,25 @@ def build_artifact(loaded) -> ModelArtifact:
     return art
 
 
+def export_trained(trained, out_dir: str | Path, overwrite: bool = False) -> Path:
+    """Write the model folder ``out_dir`` of a trained run held in memory
+    (a :class:`latticerec.train.rundir.TrainedRun`); returns ``out_dir``."""
+    art = build_artifact(trained)
+    return write_model_dir(art, Path(out_dir), model_card(art.manifest, str(trained.run_dir.path)),
+                           overwrite=overwrite)
+
+
+def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
+    """Refuse an existing model folder unless ``overwrite`` (checked before any slow work)."""
+    from latticerec.serve.artifact import ArtifactError
+
+    if Path(out_dir).exists() and not overwrite:
+        raise ArtifactError(f"{out_dir}: already exists; choose another folder or pass --overwrite")
+
+
 def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
     """Export the run in ``run_dir`` to the model folder ``out_dir``; returns ``out_dir``."""
-    from latticerec.serve.artifact import ArtifactError
     from latticerec.train.rundir import RunDir, load_trained
 
-    out = Path(out_dir)
-    if out.exists() and not overwrite:  # before the (slow) model rebuild
-        raise ArtifactError(f"{out}: already exists; choose another --out or pass --overwrite")
-    art = build_artifact(load_trained(RunDir(run_dir)))
-    return write_model_dir(art, out, model_card(art.manifest, str(run_dir)), overwrite=overwrite)
+    check_export_target(out_dir, overwrite)  # before the (slow) model rebuild
+    return export_trained(load_trained(RunDir(run_dir)), out_dir, overwrite=overwrite)
