@@ -58,3 +58,24 @@ def test_align_users_orders_both_runs_and_refuses_different_user_sets():
     assert a.tolist() == [0.1, 0.2, 0.3] and b.tolist() == [1.0, 2.0, 3.0]
     with pytest.raises(ValueError, match="different users"):
         align_users(np.array([1, 2]), np.zeros(2), np.array([1, 3]), np.zeros(2))
+
+
+def test_compare_command_on_two_runs(tmp_path, capsys):
+    import json
+
+    from latticerec.cli import main
+
+    common = ["--data", "synthetic", "--epochs", "2", "--quiet", "--set", "embed_dim=8"]
+    assert main(["train", "--model", "mf", "--out", str(tmp_path / "a"), *common]) == 0
+    assert main(["train", "--model", "lightgcn", "--out", str(tmp_path / "b"), *common]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["metric"] for r in rows} == {"recall@20", "ndcg@20", "precision@20", "hit@20"}
+    from latticerec.train.rundir import RunDir
+
+    a, b = RunDir(tmp_path / "a").read_per_user(), RunDir(tmp_path / "b").read_per_user()
+    ref = paired_test(*align_users(a["users"], a["recall@20"], b["users"], b["recall@20"]))
+    got = next(r for r in rows if r["metric"] == "recall@20")
+    assert got["p_t"] == pytest.approx(ref.p_t) and got["n"] == ref.n
+    assert main(["compare", str(tmp_path / "a"), str(tmp_path / "b"), "--metric", "nope@20"]) == 2

@@ -141,6 +141,39 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_compare(args) -> int:
+    """Paired significance tests of two runs over the users they were both tested on."""
+    from latticerec.evaluate.significance import align_users, paired_test
+    from latticerec.train.rundir import RunDir
+
+    a, b = (RunDir(p).read_per_user() for p in (args.run_a, args.run_b))
+    metrics = args.metric or sorted(k for k in a if k.endswith("@20") and k in b)
+    missing = [m for m in metrics if m not in a or m not in b]
+    if missing:
+        raise LatticeRecError(f"--metric: {', '.join(missing)} not in both runs' per-user metrics; "
+                              f"available: {', '.join(sorted(k for k in a if '@' in k))}")
+    rows = []
+    for m in metrics:
+        try:
+            va, vb = align_users(a["users"], a[m], b["users"], b[m])
+            res = paired_test(va, vb)
+        except ValueError as exc:
+            raise LatticeRecError(f"compare {m}: {exc}") from None
+        rows.append({"metric": m, **res.to_dict(), "significant": res.significant(args.alpha)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"A = {args.run_a}\nB = {args.run_b}\n{rows[0]['n']} users tested by both; "
+          f"two-sided p-values, significant = both tests below {args.alpha}")
+    print(f"{'metric':>12} {'mean A':>8} {'mean B':>8} {'A - B':>8} {'t':>8} {'p (t)':>9} "
+          f"{'p (Wilcoxon)':>13} {'d_z':>7}  significant")
+    for r in rows:
+        print(f"{r['metric']:>12} {r['mean_a']:8.4f} {r['mean_b']:8.4f} {r['mean_diff']:+8.4f} "
+              f"{r['t']:8.3f} {r['p_t']:9.2e} {r['p_wilcoxon']:13.2e} {r['effect_size']:+7.3f}  "
+              f"{'yes' if r['significant'] else 'no'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from latticerec.models.registry import BACKBONES, MODELS
 
@@ -180,6 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--cache-dir", help="where initial kNN graphs are cached "
                    "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")
     e.set_defaults(func=cmd_evaluate)
+
+    c = sub.add_parser("compare", help="paired t-test and Wilcoxon signed-rank test of two runs over "
+                       "their per-user test metrics")
+    c.add_argument("run_a", metavar="RUN_A")
+    c.add_argument("run_b", metavar="RUN_B")
+    c.add_argument("--metric", action="append", help="per-user metric, e.g. recall@20 (repeatable; "
+                   "default every @20 metric)")
+    c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
+    c.add_argument("--json", action="store_true", help="print the results as JSON")
+    c.set_defaults(func=cmd_compare)
 
     from latticerec.serve.commands import add_serve_parser
 
