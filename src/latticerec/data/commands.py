@@ -130,6 +130,17 @@ def cmd_stats(args) -> int:
     return 0
 
 
+def cmd_synth(args) -> int:
+    from latticerec.data.synth import parse_dims, write_synthetic
+
+    report = write_synthetic(args.out, args.users, args.items, args.interactions, parse_dims(args.dims),
+                             n_clusters=args.clusters, seed=args.seed,
+                             log=lambda m: print(m, file=sys.stderr))
+    print(json.dumps(report))
+    print(f"wrote {args.out}; train on it: latticerec train --model lattice --data {args.out}")
+    return 0
+
+
 def add_data_parser(sub: argparse._SubParsersAction) -> None:
     """Register the ``data`` command group on the top-level CLI's subparsers."""
     d = sub.add_parser("data", help="build, import, encode, split, download and describe datasets")
@@ -207,6 +218,18 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     w.add_argument("--timeout", type=float, default=30.0)
     w.add_argument("--quiet", action="store_true")
     w.set_defaults(func=cmd_download)
+
+    y = ds.add_parser("synth", help="the synthetic generator at any size (clusters, content predicts "
+                      "behaviour), streamed to the MMRec layout with bounded memory")
+    y.add_argument("--users", type=int, required=True)
+    y.add_argument("--items", type=int, required=True)
+    y.add_argument("--interactions", type=int, required=True, help="about this many in all")
+    y.add_argument("--dims", default="image=512,text=384", help="modality=size,... (default "
+                   "image=512,text=384)")
+    y.add_argument("--clusters", type=int, help="latent clusters (default sqrt(items)/4, 8..1024)")
+    y.add_argument("--seed", type=int, default=0)
+    y.add_argument("--out", required=True, help="output folder")
+    y.set_defaults(func=cmd_synth)
 
     s = ds.add_parser("stats", help="sizes, density and the MICRO pilot studies (Tables 1 and 2)")
     s.add_argument("path", help="dataset folder or 'synthetic'")
