@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latticerec.graphs.knn import dense_rows_to_csr, knn_indices, knn_values, symmetric_normalize
+from latticerec.graphs.knn import dense_rows_to_csr, knn_rows
 from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
 
 CACHE_VERSION = "knn-v1"  # bump when the graph construction changes
@@ -112,8 +112,7 @@ class KnnGraphCache:
                 return dense_rows_to_csr(torch.from_numpy(nbr).to(dev), torch.from_numpy(val).to(dev))
         self.misses += 1
         with torch.no_grad():
-            nbr = knn_indices(features, k, self.chunk_size, progress=True)
-            val = symmetric_normalize(nbr, knn_values(features, nbr))
+            nbr, val = knn_rows(features, k, self.chunk_size, progress=True)
         buf = io.BytesIO()
         np.savez(buf, key=np.array(key), neighbours=nbr.cpu().numpy().astype(np.int32),
                  values=val.cpu().numpy())
