@@ -24,7 +24,7 @@ import numpy as np
 CHILD = """
 import json, resource, sys, time
 t0 = time.perf_counter()
-from latticerec.data.recbole import import_recbole
+from latticerec.datasets.recbole import import_recbole
 t1 = time.perf_counter()
 rep = import_recbole(sys.argv[1], sys.argv[2], seed=0, progress=False, log=lambda m: None)
 t2 = time.perf_counter()
@@ -35,7 +35,7 @@ print(json.dumps({"import_s": t2 - t1, "startup_s": t1 - t0,
 
 BASELINE = """
 import json, resource
-import latticerec.data.recbole  # noqa: F401  (imports numpy, scipy, torch via latticerec.io)
+import latticerec.datasets.recbole  # noqa: F401  (imports numpy, scipy, torch via latticerec.io)
 print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 

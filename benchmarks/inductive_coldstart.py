@@ -34,7 +34,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from latticerec.data.coldstart import INDUCTIVE_FILE, read_inductive_cold
+from latticerec.data.cold import INDUCTIVE_FILE, read_inductive_cold
 from latticerec.data.readers import load_dataset
 from latticerec.evaluate.ranking import evaluate_ranking
 from latticerec.graphs.cache import KnnGraphCache

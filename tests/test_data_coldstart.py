@@ -12,8 +12,9 @@ import torch
 
 from latticerec.cli import main
 from latticerec.data import make_synthetic
-from latticerec.data.coldstart import COLD_FILE, cold_start_labels, cold_start_split
+from latticerec.data.cold import COLD_FILE
 from latticerec.data.readers import load_dataset
+from latticerec.datasets.coldstart import cold_start_labels, cold_start_split
 from latticerec.errors import DataError
 from latticerec.evaluate.ranking import rank_top_k
 

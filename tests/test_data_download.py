@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from latticerec.cli import main
-from latticerec.data.download import DownloadError, RemoteFile, download, download_file, known_datasets
+from latticerec.datasets.download import DownloadError, RemoteFile, download, download_file, known_datasets
 
 PAYLOAD = bytes(range(256)) * 4000  # ~1 MB
 SHA = hashlib.sha256(PAYLOAD).hexdigest()

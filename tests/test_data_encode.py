@@ -10,8 +10,8 @@ import pytest
 from conftest import shared_dataset
 
 from latticerec.cli import main
-from latticerec.data.encode import ItemTable, align_to_mapping, encode_texts, read_item_table
 from latticerec.data.readers import load_dataset
+from latticerec.datasets.encode import ItemTable, align_to_mapping, encode_texts, read_item_table
 from latticerec.errors import DataError
 
 

@@ -10,7 +10,7 @@ from conftest import shared_dataset
 
 from latticerec.cli import main
 from latticerec.data.readers import load_dataset
-from latticerec.data.recbole import import_recbole, read_recbole_inter
+from latticerec.datasets.recbole import import_recbole, read_recbole_inter
 from latticerec.errors import DataError
 
 HEADER = "user_id:token\titem_id:token\trating:float\ttimestamp:float"

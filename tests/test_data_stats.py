@@ -12,7 +12,7 @@ import scipy.sparse as sp
 from conftest import shared_dataset
 
 from latticerec.cli import main
-from latticerec.data.stats import (
+from latticerec.datasets.stats import (
     mean_cosine_all_pairs,
     mean_cosine_co_interacted,
     normalise,

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from latticerec.data.readers import load_dataset
-from latticerec.data.synth import parse_dims, write_synthetic
+from latticerec.datasets.synth import parse_dims, write_synthetic
 from latticerec.errors import DataError
 
 

@@ -15,15 +15,9 @@ import torch
 
 from latticerec.cli import main
 from latticerec.data import make_synthetic
-from latticerec.data.coldstart import (
-    COLD_DIR,
-    INDUCTIVE_FILE,
-    cold_start_split,
-    inductive_cold_start_split,
-    read_inductive_cold,
-    warm_holdout,
-)
+from latticerec.data.cold import COLD_DIR, INDUCTIVE_FILE, read_inductive_cold
 from latticerec.data.readers import load_dataset
+from latticerec.datasets.coldstart import cold_start_split, inductive_cold_start_split, warm_holdout
 from latticerec.errors import DataError
 from latticerec.evaluate.ranking import evaluate_ranking
 from latticerec.serve.foldin import fold_in_arrays, load_fold_in

@@ -227,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     from latticerec.serve.commands import add_serve_parser
 
     add_serve_parser(sub)
-    from latticerec.data.commands import add_data_parser
+    from latticerec.datasets.commands import add_data_parser
 
     add_data_parser(sub)
     return parser

@@ -23,7 +23,7 @@ class Dataset:
     ``(E, 2)`` int array of (item, neighbour) pairs. ``user_ids``/``item_ids`` hold the raw id of each
     internal index (as strings), so results can be reported in the ids of the source files.
     ``cold_items`` maps ``valid``/``test`` to the cold items of a cold-start split (see
-    :mod:`latticerec.data.coldstart`); with ``rank_cold`` evaluation ranks only those items.
+    :mod:`latticerec.datasets.coldstart`); with ``rank_cold`` evaluation ranks only those items.
     """
 
     name: str

@@ -3,7 +3,7 @@
 * MMRec layout: ``<name>.inter`` TSV with a header naming ``userID itemID [rating timestamp] x_label``
   (``x_label`` 0/1/2 = train/valid/test), plus ``<modality>_feat.npy`` (row i = item id i).
 * LATTICE layout: ``5-core/{train,val,test}.json`` (``{"user": [items]}``) plus ``<modality>_feat.npy``.
-* Either layout may carry ``cold_items.json`` (a cold-start split, :mod:`latticerec.data.coldstart`):
+* Either layout may carry ``cold_items.json`` (a cold-start split, :mod:`latticerec.datasets.coldstart`):
   its cold items become the evaluation candidates of the valid and test splits.
 * ``synthetic``: the built-in generated dataset (see :mod:`latticerec.data.synthetic`).
 
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from latticerec.data.coldstart import read_cold_items
+from latticerec.data.cold import read_cold_items
 from latticerec.data.dataset import (
     Dataset,
     check_features,

@@ -23,7 +23,7 @@ TITLE_FIELDS = ("title", "name")
 def raw_ids(dataset: Dataset) -> tuple[list[str], list[str]]:
     """Raw user and item ids: ``u_id_mapping.csv`` / ``i_id_mapping.csv`` of the dataset folder where
     present (and of the right length), else the ids of its interaction files."""
-    from latticerec.data.prepare import I_MAPPING, U_MAPPING, read_mapping
+    from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping
 
     out = []
     for mapping, n, own in ((U_MAPPING, dataset.n_users, dataset.raw_user_id),
@@ -42,7 +42,7 @@ def raw_ids(dataset: Dataset) -> tuple[list[str], list[str]]:
 def item_titles(dataset: Dataset, item_ids: list[str]) -> list[str] | None:
     """Titles from the dataset folder's item table (``<name>.item``, RecBole) where it has a title
     column; None otherwise. Items missing from the table get an empty title."""
-    from latticerec.data.encode import read_item_table
+    from latticerec.datasets.encode import read_item_table
 
     tables = sorted(Path(dataset.source).glob("*.item")) if dataset.source else []
     for table_path in tables:

@@ -17,11 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
+from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping  # noqa: F401 (re-exported)
 from latticerec.errors import DataError
 from latticerec.io import _atomic, atomic_write_bytes
-
-U_MAPPING = "u_id_mapping.csv"
-I_MAPPING = "i_id_mapping.csv"
 
 
 @dataclass
@@ -166,29 +164,6 @@ def save_npy(path: Path, array: np.ndarray) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def read_mapping(path: Path) -> np.ndarray:
-    """Raw ids in dense-id order from an ``*_id_mapping.csv`` (TSV with a header)."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the id mapping ({exc})") from None
-    raw: dict[int, str] = {}
-    for n, line in enumerate(lines[1:], start=2):
-        if not line.strip():
-            continue
-        parts = line.split("\t")
-        if len(parts) != 2:
-            raise DataError(f"{path}, line {n}: expected '<raw id><TAB><id>', got {line[:80]!r}")
-        try:
-            idx = int(parts[1])
-        except ValueError:
-            raise DataError(f"{path}, line {n}: id {parts[1]!r} is not an integer") from None
-        if idx in raw:
-            raise DataError(f"{path}, line {n}: id {idx} appears twice")
-        raw[idx] = parts[0]
-    if sorted(raw) != list(range(len(raw))):
-        raise DataError(f"{path}: ids must be 0..{len(raw) - 1}, each once")
-    return np.asarray([raw[i] for i in range(len(raw))], dtype=object)
 
 
 def write_mmrec(out: Path, name: str, users: np.ndarray, items: np.ndarray, labels: np.ndarray, *,

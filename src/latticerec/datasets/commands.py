@@ -23,7 +23,7 @@ def _max_bad(text: str) -> float:
 
 
 def cmd_build_amazon(args) -> int:
-    from latticerec.data.amazon import build_amazon
+    from latticerec.datasets.amazon import build_amazon
 
     t = time.perf_counter()
     report = build_amazon(args.reviews, args.out, meta=args.meta, images=args.images, name=args.name,
@@ -40,8 +40,9 @@ def cmd_build_amazon(args) -> int:
 def cmd_encode_text(args) -> int:
     import numpy as np
 
-    from latticerec.data.encode import align_to_mapping, encode_texts, read_item_table
-    from latticerec.data.prepare import I_MAPPING, read_mapping, save_npy
+    from latticerec.data.mapping import I_MAPPING, read_mapping
+    from latticerec.datasets.encode import align_to_mapping, encode_texts, read_item_table
+    from latticerec.datasets.prepare import save_npy
 
     t = time.perf_counter()
     table = read_item_table(args.items, args.fields, args.id_field)
@@ -63,7 +64,7 @@ def cmd_encode_text(args) -> int:
 
 
 def cmd_import_recbole(args) -> int:
-    from latticerec.data.recbole import import_recbole
+    from latticerec.datasets.recbole import import_recbole
 
     t = time.perf_counter()
     r = import_recbole(args.source, args.out, name=args.name, seed=args.seed, core=args.core,
@@ -76,8 +77,8 @@ def cmd_import_recbole(args) -> int:
 
 
 def cmd_cold_start(args) -> int:
-    from latticerec.data.coldstart import cold_start_split, inductive_cold_start_split
     from latticerec.data.readers import load_dataset
+    from latticerec.datasets.coldstart import cold_start_split, inductive_cold_start_split
 
     if args.inductive:
         if args.rank_all:
@@ -101,7 +102,7 @@ def cmd_cold_start(args) -> int:
 
 
 def cmd_download(args) -> int:
-    from latticerec.data.download import download, known_datasets
+    from latticerec.datasets.download import download, known_datasets
 
     if args.list or args.name is None:
         for name, files in known_datasets().items():
@@ -117,7 +118,7 @@ def cmd_download(args) -> int:
 
 def cmd_stats(args) -> int:
     from latticerec.data.readers import load_dataset
-    from latticerec.data.stats import basic_stats, format_stats, pilot_studies
+    from latticerec.datasets.stats import basic_stats, format_stats, pilot_studies
 
     ds = load_dataset(args.path)
     basic = basic_stats(ds)
@@ -131,7 +132,7 @@ def cmd_stats(args) -> int:
 
 
 def cmd_synth(args) -> int:
-    from latticerec.data.synth import parse_dims, write_synthetic
+    from latticerec.datasets.synth import parse_dims, write_synthetic
 
     report = write_synthetic(args.out, args.users, args.items, args.interactions, parse_dims(args.dims),
                              n_clusters=args.clusters, seed=args.seed,

@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from latticerec.data.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
 from latticerec.data.synthetic import split_per_user
+from latticerec.datasets.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
@@ -256,7 +256,7 @@ def build_amazon(reviews: str | Path, out: str | Path, *, meta: str | Path | Non
         report["meta"] = {**meta_bad.to_dict(), "items_with_text": len(texts),
                           "items_without_text": n_items - len(texts)}
         if text_model is not None:
-            from latticerec.data.encode import encode_texts
+            from latticerec.datasets.encode import encode_texts
 
             has = np.asarray([str(a) in texts and bool(texts[str(a)]) for a in item_raw])
             if not has.any():

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from latticerec.data.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
 from latticerec.data.synthetic import split_per_user
+from latticerec.datasets.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
