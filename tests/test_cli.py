@@ -229,3 +229,19 @@ def test_evaluate_refuses_changed_data(tmp_path, capsys):
     assert main(["train", "--model", "mf", "--data", str(data), "--epochs", "2", "--quiet",
                  "--out", str(out), "--set", "embed_dim=4", "--resume"]) == 2
     assert "changed" in capsys.readouterr().err
+
+
+def test_train_help_names_every_registered_model_and_the_parser_imports_no_torch():
+    import subprocess
+    import sys
+
+    from latticerec.cli import build_parser
+    from latticerec.models.registry import MODELS
+
+    train = build_parser()._subparsers._group_actions[0].choices["train"]
+    model_help = next(a.help for a in train._actions if "--model" in a.option_strings)
+    assert all(name in model_help for name in MODELS)
+    code = ("import sys; from latticerec.cli import build_parser; build_parser(); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # `latticerec serve` starts without torch

@@ -174,9 +174,27 @@ def cmd_compare(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from latticerec.models.registry import BACKBONES, MODELS
+class _RegistryNames:
+    """The names of a registry dict, imported only when ``train --model/--backbone`` is parsed or its
+    help shown: building the parser imports no model (and so no torch), so ``latticerec serve`` starts
+    without it."""
 
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def _names(self) -> list[str]:
+        from latticerec.models import registry
+
+        return sorted(getattr(registry, self.attr))
+
+    def __contains__(self, name) -> bool:
+        return name in self._names()
+
+    def __iter__(self):
+        return iter(self._names())
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latticerec", description="Multimodal recommendation by latent item structures (LATTICE, "
         "MICRO, MM-GEF on MF/NGCF/LightGCN): train and evaluate models, export and serve them, "
@@ -184,9 +202,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model, evaluate it, write DIR/metrics.json")
-    t.add_argument("--model", required=True, choices=sorted(MODELS))
+    t.add_argument("--model", required=True, choices=_RegistryNames("MODELS"), metavar="MODEL",
+                   help="lattice, micro, mmgef, cb, mf, lightgcn or ngcf (the registry)")
     t.add_argument("--data", default="synthetic", help="dataset folder or 'synthetic'")
-    t.add_argument("--backbone", choices=sorted(BACKBONES),
+    t.add_argument("--backbone", choices=_RegistryNames("BACKBONES"), metavar="BACKBONE",
                    help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")
     t.add_argument("--seed", help="random seed, an integer in [0, 2**32 - 1] (default 2024)")
     t.add_argument("--epochs", help="maximum number of epochs (default 1000)")
