@@ -146,7 +146,17 @@ def to_dict(cfg) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Optimisation, early stopping and evaluation settings (the papers' protocol by default)."""
+    """Optimisation, early stopping and evaluation settings (latticerec's protocol by default).
+
+    ``protocol=released`` is a preset of these (and some model) options that follows the released
+    LATTICE/MICRO training loop (``train.build.RELEASED_PRESET``); the fields it sets:
+    ``sampler`` (``interaction``: each training pair once per epoch; ``user``: the released code's
+    user-uniform ``train.sampling.UserUniformSampler``), ``lr_schedule`` (``constant`` or
+    ``released``: ``lr · 0.96^(e/50)`` at 0-based epoch ``e``, ``train.schedule``), ``zero_grad``
+    (``none``: gradients reset to ``None``, so Adam skips a parameter without gradient in a batch;
+    ``zeros``: reset to zero, so Adam still moves it with its momentum, as under torch 1.5) and
+    ``reg_on`` (``ego``: L2 on the batch's layer-0 ID embeddings; ``final``: on the final batch
+    representations that enter the BPR scores, as the released code)."""
 
     lr: float = 1e-3
     batch_size: int = 2048
@@ -157,7 +167,16 @@ class TrainConfig:
     ndcg: str = "standard"
     eval_batch_size: int = 4096
     seed: int = 2024
+    sampler: str = "interaction"
+    lr_schedule: str = "constant"
+    zero_grad: str = "none"
+    reg_on: str = "ego"
+    protocol: str = "latticerec"
 
+    # (name, allowed values) of the string options
+    CHOICES = (("ndcg", ("standard", "legacy")), ("sampler", ("interaction", "user")),
+               ("lr_schedule", ("constant", "released")), ("zero_grad", ("none", "zeros")),
+               ("reg_on", ("ego", "final")), ("protocol", ("latticerec", "released")))
     # (name, smallest, largest): sizes bounded so a typo cannot ask for terabytes of memory
     INT_RANGES = (("batch_size", 1, 2**24), ("epochs", 1, 10**7), ("eval_every", 1, 10**7),
                   ("patience", 1, 10**7), ("eval_batch_size", 1, 2**24), ("seed", 0, 2**32 - 1))
@@ -173,5 +192,7 @@ class TrainConfig:
             raise ValueError("topk must list positive cut-offs (at most 1000000)")
         if 20 not in self.topk:
             raise ValueError("topk must include 20 (early stopping uses valid Recall@20)")
-        if self.ndcg not in ("standard", "legacy"):
-            raise ValueError("ndcg must be 'standard' or 'legacy'")
+        for name, allowed in self.CHOICES:
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
+                                 f"got {getattr(self, name)!r}")

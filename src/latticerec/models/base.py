@@ -41,6 +41,7 @@ class Recommender(nn.Module):
     """Base class: BPR training over ``propagate()`` with L2 on the batch's ego embeddings."""
 
     reg_weight: float = 0.0
+    reg_on: str = "ego"  # "ego" | "final": what the L2 penalty applies to (the trainer sets it)
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -57,12 +58,19 @@ class Recommender(nn.Module):
 
     def bpr_terms(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
                   pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``bpr`` (batch mean over the propagated representations) and ``reg`` (L2 on the batch's
-        ego embeddings): the loss of every model, to which a model may add its own terms."""
+        """``bpr`` (batch mean over the propagated representations) and ``reg``: the loss of every
+        model, to which a model may add its own terms.
+
+        ``reg = reg_weight · ½(‖u‖² + ‖p‖² + ‖n‖²) / B`` over the batch rows of the layer-0 ID
+        embeddings (``reg_on == "ego"``) or of the final representations ``user_all``/``item_all``
+        that enter the BPR scores (``reg_on == "final"``, the released LATTICE/MICRO code)."""
         u, p, n = user_all[users], item_all[pos], item_all[neg]
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
-        ego_u, ego_i = self.ego_embeddings()
-        terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], ego_i[pos], ego_i[neg])
+        if self.reg_on == "final":
+            terms["reg"] = self.reg_weight * l2_regularizer(u, p, n)
+        else:
+            ego_u, ego_i = self.ego_embeddings()
+            terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], ego_i[pos], ego_i[neg])
         return terms
 
     @torch.no_grad()

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from latticerec.config import TrainConfig, make_config, split_overrides, to_dict
+from latticerec.config import TrainConfig, field_types, make_config, split_overrides, to_dict
 from latticerec.data.dataset import Dataset
 from latticerec.graphs.cache import KnnGraphCache
 from latticerec.graphs.knn import knn_graph, pairs_graph
@@ -42,11 +42,37 @@ def _backbone_name(cls, values: dict[str, Any]) -> str | None:
     return name
 
 
+# ``protocol=released``: the released LATTICE/MICRO training loop (docs/fidelity.md), applied before
+# the user's overrides. A key is set where the model (or its backbone) has the option: ``cb`` has no
+# ``reg``, so it keeps none. Model-side settings not wired yet are listed in docs/fidelity.md.
+RELEASED_PRESET = {"lr": 5e-4, "batch_size": 1024, "sampler": "user", "lr_schedule": "released",
+                   "zero_grad": "zeros", "reg": 1e-5, "reg_on": "final", "topk": (10, 20),
+                   "ndcg": "legacy", "eval_every": 5, "patience": 11}
+RELEASED_MODEL_PRESET = {"lattice": {"lambda_coeff": 0.9}, "micro": {"lambda_coeff": 0.9}}
+RELEASED_BACKBONE_PRESET = {"lightgcn": {"n_layers": 2}}
+
+
+def protocol_preset(model: str, backbone: str | None, protocol: Any, *classes) -> dict[str, Any]:
+    """The options ``protocol`` sets for ``model`` (wrapping ``backbone``), restricted to the keys
+    that one of the config ``classes`` declares; empty for the ``latticerec`` protocol."""
+    if protocol != "released":
+        return {}
+    preset = {**RELEASED_PRESET, **RELEASED_MODEL_PRESET.get(model, {}),
+              **RELEASED_BACKBONE_PRESET.get(backbone or model, {})}
+    declared = set().union(*(field_types(c) for c in classes))
+    return {k: v for k, v in preset.items() if k in declared}
+
+
 def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Route each override to the training, model or backbone config; unknown keys are errors."""
+    """Route each override to the training, model or backbone config; unknown keys are errors.
+    A ``protocol`` override first applies its preset (:func:`protocol_preset`), which the other
+    overrides then replace key by key."""
     cls = get_model_class(model)
     values = dict(overrides or {})
     backbone = _backbone_name(cls, values)
+    classes = (TrainConfig, cls.Config) if backbone is None \
+        else (TrainConfig, cls.Config, get_backbone_class(backbone).Config)
+    values = {**protocol_preset(model, backbone, values.get("protocol"), *classes), **values}
     if backbone is None:
         train_values, model_values = split_overrides(values, TrainConfig, cls.Config)
         backbone_cfg = None

@@ -26,7 +26,8 @@ from latticerec.errors import RunError, TrainingError
 from latticerec.evaluate.ranking import evaluate_ranking
 from latticerec.models.base import Recommender
 from latticerec.train.rundir import RunDir, as_run_dir
-from latticerec.train.sampling import BPRSampler
+from latticerec.train.sampling import BPRSampler, UserUniformSampler
+from latticerec.train.schedule import learning_rate, set_learning_rate
 
 STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
 
@@ -88,7 +89,11 @@ class _Loop:
         self.best_weights = copy.deepcopy(model.state_dict())
         if self.trainable:
             self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-            self.sampler = BPRSampler(dataset.train, seed=cfg.seed)
+            sampler_cls = UserUniformSampler if cfg.sampler == "user" else BPRSampler
+            self.sampler = sampler_cls(dataset.train, seed=cfg.seed)
+        for module in model.modules():  # a wrapping model's backbone too
+            if isinstance(module, Recommender):
+                module.reg_on = cfg.reg_on
 
     def running(self) -> bool:
         return self.trainable and self.state.epoch < self.cfg.epochs and not self.state.stopped_early
@@ -112,7 +117,10 @@ class _Loop:
             raise RunError(f"--resume: {where} was trained on other data (dataset content hash "
                            f"{str(ckpt['dataset_hash'])[:12]}..., now "
                            f"{self.extra['dataset_hash'][:12]}...); resume with the original data")
-        if ckpt.get("train_config") != self.extra["train_config"]:
+        saved_config = ckpt.get("train_config")
+        if isinstance(saved_config, dict):  # options added since the checkpoint: their defaults
+            saved_config = {**resumable_config(TrainConfig()), **saved_config}
+        if saved_config != self.extra["train_config"]:
             raise RunError(f"--resume: {where} was trained with another training config "
                            f"({ckpt.get('train_config')}); only epochs and patience may change")
         try:
@@ -166,7 +174,10 @@ class _Loop:
         start = time.perf_counter()
         torch.manual_seed(cfg.seed * 100_003 + epoch)  # dropout etc.: a function of (seed, epoch)
         model.train()
+        # the lr is a function of the epoch alone: a resumed run needs no scheduler state
+        set_learning_rate(self.optimizer, learning_rate(cfg.lr, epoch, cfg.lr_schedule))
         model.on_epoch_start(epoch)
+        set_to_none = cfg.zero_grad == "none"
         totals: dict[str, float] = {}
         n_batches = 0
         for users, pos, neg in self.sampler.epoch(epoch, cfg.batch_size):
@@ -178,7 +189,7 @@ class _Loop:
                     f"epoch {epoch}: the loss became {loss.item()} "
                     f"({ {k: float(v) for k, v in terms.items()} }); lower lr or raise reg"
                 )
-            self.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad(set_to_none=set_to_none)
             loss.backward()
             self.optimizer.step()
             for k, v in terms.items():
