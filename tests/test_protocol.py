@@ -182,3 +182,16 @@ def test_cli_train_with_the_released_protocol(tmp_path):
         "released", "user", 5e-4, [10, 20])
     assert metrics["epochs_run"] == 2 and 0.0 <= metrics["test"]["recall@20"] <= 1.0
     assert "recall@50" not in metrics["test"]
+
+
+def test_protocol_flag_is_the_preset(tmp_path):
+    import json
+
+    from latticerec.cli import main
+
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mf", "--protocol", "released", "--epochs", "1", "--quiet",
+                 "--out", str(out), "--set", "embed_dim=8"]) == 0
+    train = json.loads((out / "config.json").read_text())["config"]["train"]
+    assert (train["protocol"], train["lr"], train["sampler"]) == ("released", 5e-4, "user")
+    assert main(["train", "--model", "mf", "--protocol", "nope", "--out", str(tmp_path / "x")]) == 2

@@ -36,7 +36,7 @@ def _train_overrides(args) -> dict:
     from latticerec.models.registry import get_model_class
 
     overrides = parse_overrides([kv for group in args.set or [] for kv in group])
-    for name in ("epochs", "seed"):  # parsed and range-checked with the config, like --set
+    for name in ("epochs", "seed", "protocol"):  # parsed and checked with the config, like --set
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
     if args.backbone is not None:
@@ -209,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")
     t.add_argument("--seed", help="random seed, an integer in [0, 2**32 - 1] (default 2024)")
     t.add_argument("--epochs", help="maximum number of epochs (default 1000)")
+    t.add_argument("--protocol", help="latticerec (default) or released: the released LATTICE/MICRO "
+                   "code's training loop as a preset (same as --set protocol=released)")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config value (e.g. --set lr=0.001 n_layers=2)")
     t.add_argument("--out", help="run folder (default runs/<model>-<data>-<time>)")
