@@ -38,8 +38,11 @@ class ContentBased(Recommender):
     Config = CBConfig
     trainable = False
 
-    def __init__(self, train: torch.Tensor, item_features: torch.Tensor):
+    def __init__(self, train: torch.Tensor, item_features: torch.Tensor,
+                 fusion: tuple[tuple[str, ...], str] = ((), "norm_mean")):
         super().__init__()
+        # the modalities and rule the item features were fused from (what a new item needs)
+        self.fusion_modalities, self.feature_fusion = tuple(fusion[0]), fusion[1]
         if train.shape[1] != item_features.shape[0]:
             raise ValueError(f"train has {train.shape[1]} items, features {item_features.shape[0]}")
         self.register_buffer("train_matrix", train, persistent=False)
@@ -54,7 +57,8 @@ class ContentBased(Recommender):
         train = inputs.train
         binary = csr_from_parts(train.crow_indices(), train.col_indices(),
                                 torch.ones_like(train.values()), tuple(train.shape))
-        return cls(binary, fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion))
+        return cls(binary, fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion),
+                   (tuple(names), cfg.feature_fusion))
 
     def profiles(self) -> torch.Tensor:
         """``p_u``: the mean normalised feature of each user's training items (zeros without any)."""

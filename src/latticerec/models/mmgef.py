@@ -119,8 +119,11 @@ class MMGEF(StructureModel):
     Config = MMGEFConfig
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
-                 item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False):
+                 item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False,
+                 fusion: tuple[tuple[str, ...], str] = ((), "norm_mean")):
         super().__init__(backbone, structure, item_layers)
+        # the modalities and rule of the early-fused feature (what a new item needs)
+        self.fusion_modalities, self.feature_fusion = tuple(fusion[0]), fusion[1]
         self.use_cf = cf_graph is not None
         if self.use_cf:
             self.register_buffer("cf_graph", cf_graph, persistent=False)
@@ -137,7 +140,8 @@ class MMGEF(StructureModel):
         structure = LatentStructure({FUSED: inputs.knn_graph(fused, cfg.knn_k)}, {FUSED: fused},
                                     backbone.embed_dim, cfg.knn_k, cfg.lambda_coeff)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)
-        return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0)
+        return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0,
+                   fusion=(tuple(names), cfg.feature_fusion))
 
     def content_terms(self):
         """``E^m`` (eq. 1-2 with LATTICE's skip connection) as weighted sparse terms."""

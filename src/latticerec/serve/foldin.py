@@ -167,44 +167,28 @@ def _structure_export(model, dataset) -> tuple[dict, dict]:
     return spec, {k: torch.as_tensor(v).detach().cpu().float().numpy() for k, v in arrays.items()}
 
 
-def _fusion_rule(dataset, matches, what: str):
-    """The early fusion a model was built with (neither CB nor MM-GEF stores it): the first choice
-    of modalities (largest first) and rule whose fused features ``matches``. Returns the modality
+def _fusion_rule(model, dataset, what: str):
+    """The early fusion ``model`` was built with (the modalities and rule it records): the modality
     dims, the rule, the fixed projections ``norm_mean`` uses, and the fused features."""
-    from itertools import combinations
-
     import torch
 
-    from latticerec.graphs.fusion import FUSIONS, fuse_features, random_projection
+    from latticerec.graphs.fusion import fuse_features, random_projection
 
-    names = list(dataset.features)
-    for r in range(len(names), 0, -1):
-        for subset in combinations(names, r):
-            for how in FUSIONS:
-                try:
-                    fused = fuse_features({m: torch.as_tensor(dataset.features[m]) for m in subset}, how)
-                except ValueError:
-                    continue
-                if matches(fused):
-                    dims = {m: int(dataset.features[m].shape[1]) for m in subset}
-                    common = max(dims.values())
-                    arrays = {f"projection.{m}": random_projection(d, common)
-                              for m, d in dims.items() if how == "norm_mean" and r > 1 and d != common}
-                    return dims, how, arrays, fused
-    raise ValueError(f"{what} fold-in: no choice of modalities and fusion rule reproduces the model's "
-                     "content features from the dataset's (is this the dataset it was built on?)")
+    names, how = model.fusion_modalities, model.feature_fusion
+    missing = [m for m in names if m not in dataset.features]
+    if not names or missing:
+        raise ValueError(f"{what} fold-in: the model was fused from {list(names)}, the dataset lacks "
+                         f"{missing or 'them'}")
+    fused = fuse_features({m: torch.as_tensor(dataset.features[m]) for m in names}, how)
+    dims = {m: int(dataset.features[m].shape[1]) for m in names}
+    common = max(dims.values())
+    arrays = {f"projection.{m}": random_projection(d, common)
+              for m, d in dims.items() if how == "norm_mean" and len(names) > 1 and d != common}
+    return dims, how, arrays, fused
 
 
 def _cb_export(model, dataset) -> tuple[dict, dict]:
-    import torch
-    import torch.nn.functional as F
-
-    target = model.item_unit.detach().cpu()
-
-    def matches(fused):
-        return fused.shape == target.shape and torch.allclose(F.normalize(fused, dim=1), target, atol=1e-5)
-
-    dims, how, arrays, _ = _fusion_rule(dataset, matches, "CB")
+    dims, how, arrays, _ = _fusion_rule(model, dataset, "CB")
     return {"kind": "cb", "fusion": how, "modalities": dims}, {k: v.numpy() for k, v in arrays.items()}
 
 
@@ -213,22 +197,11 @@ def _mmgef_export(model, dataset) -> tuple[dict, dict]:
     (``E^c`` row 0), so eq. 5 attends over ``E^m X`` and a zero view."""
     import torch
 
-    from latticerec.graphs.knn import knn_graph, weighted_spmm
+    from latticerec.graphs.knn import weighted_spmm
     from latticerec.models.mmgef import FUSED
 
     st = model.structure
-    target = getattr(st, f"feat_{FUSED}", None)
-    initial = getattr(st, f"initial_{FUSED}")
-
-    def matches(fused):
-        if fused.shape[0] != initial.shape[0] or (target is not None and fused.shape != target.shape):
-            return False
-        if target is not None:
-            return torch.allclose(fused.float(), target.cpu(), atol=1e-5)
-        graph = knn_graph(fused.float(), st.knn_k)
-        return torch.equal(graph.col_indices(), initial.col_indices().cpu())
-
-    dims, how, arrays, fused = _fusion_rule(dataset, matches, "MM-GEF")
+    dims, how, arrays, fused = _fusion_rule(model, dataset, "MM-GEF")
     attention = model.attention is not None
     spec = {"kind": "mmgef", "modalities": dims, "fusion": how, "fused_dim": int(fused.shape[1]),
             "k": int(st.knn_k), "lambda": float(st.lam), "learn": bool(st.learn),
