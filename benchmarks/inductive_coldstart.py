@@ -8,8 +8,10 @@ For each split seed ``s``:
 1. ``latticerec data cold-start SOURCE --seed s`` (transductive) and ``... --inductive`` (inductive);
 2. ``latticerec train`` of each model on both (training seed ``2024 + s``, at most ``--epochs``
    epochs, default 80), skipped when the run folder already has ``metrics.json``;
-3. Recall/NDCG@20 over the cold test items: for every user with a cold test interaction, only the
-   cold test items are ranked (training items excluded), as the transductive evaluation does. Both
+3. Recall/NDCG@20 over the cold test items (inductive: a new item's collaborative part from its graph
+   neighbours, the export's default, and ``inductive-isolated``: the model's own output for an item
+   without interactions, ``latticerec export --new-item-cf isolated``): for every user with a cold
+   test interaction, only the cold test items are ranked (training items excluded), as the transductive evaluation does. Both
    protocols are scored on the same users: those with a warm interaction (the others cannot be
    training users of the inductive model); the transductive run's own figure over all its users is
    printed beside it.
@@ -80,10 +82,11 @@ def _metrics(out: dict) -> dict:
     return {k: round(v, 5) for k, v in out.items() if k in ("recall@20", "ndcg@20")}
 
 
-def inductive_scores(model, dataset, folder: Path) -> dict:
-    """Place every cold item through FoldIn.place and rank the cold test items."""
+def inductive_scores(model, dataset, folder: Path, cf_part: str = "neighbours") -> dict:
+    """Place every cold item through FoldIn.place (with the export's ``cf_part``) and rank the cold
+    test items."""
     cold = read_inductive_cold(folder, dataset.n_users)
-    spec, arrays = fold_in_arrays(model, dataset)
+    spec, arrays = fold_in_arrays(model, dataset, cf_part)
     placer = load_fold_in(spec, arrays)
     users, items = model.full_representations()
     n, rows = items.shape[0], len(cold.ids)
@@ -134,14 +137,18 @@ def run_split(source: Path, work: Path, s: int, models: list[str], epochs: int) 
             trained, ds = load_trained(run)
             row = {"split": s, "model": model, "protocol": protocol}
             if protocol == "inductive":
+                isolated = {"split": s, "model": model, "protocol": "inductive-isolated",
+                            **inductive_scores(trained, ds, ind, "isolated")}
                 row.update(inductive_scores(trained, ds, ind))
             else:
                 row.update(transductive_scores(trained, ds, kept))
                 saved = json.loads((run / "metrics.json").read_text())
                 row["all_users_recall@20"] = round(saved["test"]["recall@20"], 5)
             row["best_epoch"] = json.loads((run / "metrics.json").read_text())["best_epoch"]
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+            for r in (row, isolated) if protocol == "inductive" else (row,):
+                r["best_epoch"] = row["best_epoch"]
+                rows.append(r)
+                print(json.dumps(r), flush=True)
     row = {"split": s, "model": "cb", "protocol": "transductive",
            **transductive_scores(cb_model(trans_ds), trans_ds, kept)}
     print(json.dumps(row), flush=True)
@@ -159,14 +166,14 @@ def table(rows: list[dict]) -> str:
            "transductive Recall@20 | per split Recall@20 |", "|---|---|---|---|---|---|---|"]
     for model in dict.fromkeys(r["model"] for r in rows):
         means = {}
-        for protocol in ("transductive", "inductive"):
+        for protocol in ("transductive", "inductive", "inductive-isolated"):
             sel = [r for r in rows if r["model"] == model and r["protocol"] == protocol]
             if not sel:
                 continue
             rec = np.array([r["recall@20"] for r in sel])
             nd = np.array([r["ndcg@20"] for r in sel])
             means[protocol] = rec.mean()
-            ratio = (f"{means[protocol] / means['transductive']:.0%}" if protocol == "inductive"
+            ratio = (f"{means[protocol] / means['transductive']:.0%}" if protocol.startswith("inductive")
                      and means.get("transductive") else "")
             out.append(f"| {model} | {protocol} | {len(sel)} | {rec.mean():.4f} ± {rec.std():.4f} | "
                        f"{nd.mean():.4f} ± {nd.std():.4f} | {ratio} | "

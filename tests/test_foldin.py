@@ -47,8 +47,10 @@ def _features(data, i=ITEM):
     return {m: f[i] for m, f in data.features.items()}
 
 
-def _placer(model, data):
-    spec, arrays = fold_in_arrays(model, data)
+def _placer(model, data, cf_part="isolated"):
+    """The placer of ``model``; ``cf_part="isolated"`` by default: the model's own output for an
+    item without interactions, which these tests compare with exactly."""
+    spec, arrays = fold_in_arrays(model, data, cf_part)
     return spec, arrays, load_fold_in(spec, arrays)
 
 
@@ -268,3 +270,39 @@ def test_the_placing_side_never_imports_torch(lattice_placer, tmp_path):
     rep, nbrs = placer.place(feats)
     np.testing.assert_allclose(out["rep"], rep, atol=1e-6)
     assert [tuple(x) for x in out["nbrs"]] == [(j, pytest.approx(w)) for j, w in nbrs]
+
+
+@pytest.mark.parametrize("model_name", ["lattice", "micro", "mmgef"])
+def test_neighbours_cf_part_is_the_weighted_mean_of_the_neighbours_backbone_output(model_name):
+    data = make_block_dataset()
+    model = _trained(model_name, data, lambda_coeff="0.7")
+    _, _, isolated = _placer(model, data)
+    spec, arrays, placer = _placer(model, data, "neighbours")
+    assert spec["cf_part"] == "neighbours"
+    with torch.no_grad():
+        x_cf = model.backbone.propagate()[1].numpy()
+    np.testing.assert_allclose(arrays["item_cf"], x_cf, atol=1e-6)
+    feats = _features(data)
+    rep, nbrs = placer.place(feats, exclude=ITEM)
+    base, same = isolated.place(feats, exclude=ITEM)
+    assert nbrs == same and nbrs and all(j != ITEM for j, _ in nbrs)
+    w = np.array([w for _, w in nbrs])
+    want_cf = (w / w.sum()) @ x_cf[[j for j, _ in nbrs]]
+    # the two placements differ by the collaborative part only (isolated: 0 for LightGCN)
+    np.testing.assert_allclose(rep - base, want_cf - arrays["isolated"], atol=1e-5)
+
+
+def test_cf_part_is_checked():
+    data = make_block_dataset()
+    model = _trained("lattice", data, epochs=0)
+    with pytest.raises(ValueError, match="cf_part: expected one of"):
+        fold_in_arrays(model, data, "mean")
+    spec, arrays = fold_in_arrays(model, data)
+    with pytest.raises(ValueError, match="cf_part must be one of"):
+        load_fold_in({**spec, "cf_part": "x"}, arrays)
+    with pytest.raises(ValueError, match="'item_cf'"):
+        load_fold_in(spec, {k: v for k, v in arrays.items() if k != "item_cf"})
+    with pytest.raises(ValueError, match="'item_cf'"):
+        load_fold_in(spec, {**arrays, "item_cf": arrays["item_cf"][:-1]})
+    old = {k: v for k, v in spec.items() if k != "cf_part"}  # an export made before cf_part
+    assert load_fold_in(old, arrays).cf_part == "isolated"

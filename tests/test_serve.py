@@ -411,3 +411,84 @@ def test_serve_command_binds_localhost(exported, monkeypatch):
     with pytest.raises(SystemExit):
         main(["serve", str(exported["cb"]), "--port", "0"])
     assert main(["serve", str(exported["root"] / "nothing")]) == 2
+
+
+def _random_artifact(n_users=50, n_items=3000, dim=16, seed=0):
+    from latticerec.serve.artifact import ModelArtifact
+
+    rng = np.random.default_rng(seed)
+    return ModelArtifact(manifest={"model": "random", "fold_in": {"kind": "none"}},
+                         user_repr=rng.standard_normal((n_users, dim), dtype=np.float32),
+                         item_repr=rng.standard_normal((n_items, dim), dtype=np.float32),
+                         train_indptr=np.zeros(n_users + 1, np.int64), train_indices=np.zeros(0, np.int32),
+                         user_ids=[str(u) for u in range(n_users)], item_ids=[str(i) for i in range(n_items)])
+
+
+def test_hnsw_ef_search_tuning_bisects_below_doubling():
+    hnsw = {"m": 8, "ef_construction": 16, "ef_search": 1}
+    doubled = 1
+    while Recommender(_random_artifact(), index="hnsw", recall_k=5,
+                      hnsw={**hnsw, "ef_search": doubled}).health()["index"]["recall@5"] < 0.99:
+        doubled *= 2
+    tuned = Recommender(_random_artifact(), index="hnsw", recall_k=5, hnsw={**hnsw, "target_recall": 0.99})
+    assert tuned.index.ef_search <= doubled and tuned.health()["index"]["recall@5"] >= 0.99
+
+
+def test_hnsw_index_is_kept_beside_the_model_and_checked(tmp_path):
+    hnsw = {"m": 8, "ef_construction": 16, "ef_search": 64}
+
+    def start(art=None):
+        art = art or _random_artifact()
+        art.path = tmp_path
+        return Recommender(art, index="hnsw", hnsw=hnsw)
+
+    first = start()
+    cached = tmp_path / "hnsw-M8-efc16.faiss"
+    assert cached.exists() and not first.health()["index"]["loaded"]
+    second = start()
+    assert second.health()["index"]["loaded"]
+    assert second.recommend_user("3", 10) == first.recommend_user("3", 10)
+    data = bytearray(cached.read_bytes())  # an altered byte: refused by its digest, rebuilt
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="SHA-256 differs"):
+        assert not start().health()["index"]["loaded"]
+    assert start().health()["index"]["loaded"]  # the rebuilt file was written back
+    with pytest.warns(UserWarning, match="other items or parameters"):  # another catalogue
+        assert not start(_random_artifact(seed=1)).health()["index"]["loaded"]
+    cached.write_bytes(cached.read_bytes()[:100])  # truncated
+    with pytest.warns(UserWarning, match="cached HNSW index not used"):
+        start(_random_artifact(seed=1))
+
+
+def test_hnsw_index_in_a_read_only_model_folder_still_serves(tmp_path, monkeypatch):
+    import latticerec.serve.index as index_mod
+    from latticerec.errors import OutputError
+
+    def refuse(path, data):
+        raise OutputError(f"cannot write {path}: the file system is read-only")
+
+    monkeypatch.setattr(index_mod, "atomic_write_bytes", refuse)
+    art = _random_artifact()
+    art.path = tmp_path
+    with pytest.warns(UserWarning, match="not kept for the next start"):
+        rec = Recommender(art, index="hnsw", hnsw={"m": 8, "ef_construction": 16, "ef_search": 64})
+    assert len(rec.recommend_user("1", 5)) == 5
+
+
+def test_export_new_item_cf_option(exported, tmp_path):
+    """``--new-item-cf`` chooses how a posted item's collaborative part is placed; both serve it."""
+    neighbours = train_and_export(tmp_path, "lattice", exported["data"], epochs=1)
+    isolated = tmp_path / "isolated"
+    assert main(["export", "--run", str(tmp_path / "lattice-run"), "--out", str(isolated),
+                 "--new-item-cf", "isolated"]) == 0
+    specs = [json.loads((p / "manifest.json").read_text())["fold_in"] for p in (neighbours, isolated)]
+    assert [s["cf_part"] for s in specs] == ["neighbours", "isolated"]
+    feats = {"image": [0.5] * 8, "text": [0.25] * 6}
+    placed = []
+    for path in (neighbours, isolated):
+        with client_for(path) as client:
+            r = client.post("/items", json={"item": "new", "features": feats})
+            assert r.status_code == 201 and r.json()["neighbours"]
+            placed.append(client.get("/items/new/similar?k=3").json()["items"])
+    assert all(len(p) == 3 for p in placed)

@@ -39,7 +39,7 @@ def port_number(text: str) -> int:
 def cmd_export(args) -> int:
     from latticerec.serve.export import export_run
 
-    out = export_run(args.run, args.out, overwrite=args.overwrite)
+    out = export_run(args.run, args.out, overwrite=args.overwrite, cf_part=args.new_item_cf)
     print(f"wrote {out}; serve it with: latticerec serve {out}")
     return 0
 
@@ -122,6 +122,10 @@ def add_serve_parser(sub) -> None:
     e.add_argument("--run", required=True, help="run folder written by 'latticerec train'")
     e.add_argument("--out", required=True, help="model folder to create")
     e.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    e.add_argument("--new-item-cf", choices=("neighbours", "isolated"), default="neighbours",
+                   help="collaborative part of an item added by POST /items: the weighted mean of its "
+                   "graph neighbours' backbone representations (default), or the model's output for an "
+                   "item without interactions (docs/inductive.md)")
     e.set_defaults(func=cmd_export)
 
     serve_arguments(sub.add_parser("serve", help="serve an exported model over HTTP (and a web page at /)"))

@@ -93,14 +93,15 @@ def model_card(man: dict, source: str) -> str:
     ])
 
 
-def build_artifact(loaded) -> ModelArtifact:
-    """The model folder's content, in memory, from a :class:`latticerec.train.rundir.TrainedRun`."""
+def build_artifact(loaded, cf_part: str = "neighbours") -> ModelArtifact:
+    """The model folder's content, in memory, from a :class:`latticerec.train.rundir.TrainedRun`
+    (``cf_part``: how a new item's collaborative part is placed, :mod:`latticerec.serve.foldin`)."""
     from latticerec.serve.foldin import fold_in_arrays
 
     ds, model = loaded.dataset, loaded.model
     users, items = (t.float().cpu().numpy() for t in model.full_representations())
     train = ds.train.tocsr()
-    spec, fold = fold_in_arrays(model, ds)
+    spec, fold = fold_in_arrays(model, ds, cf_part)
     user_ids, item_ids = raw_ids(ds)
     try:
         metrics = loaded.run_dir.read_metrics()
@@ -122,10 +123,11 @@ def build_artifact(loaded) -> ModelArtifact:
     return art
 
 
-def export_trained(trained, out_dir: str | Path, overwrite: bool = False) -> Path:
+def export_trained(trained, out_dir: str | Path, overwrite: bool = False,
+                   cf_part: str = "neighbours") -> Path:
     """Write the model folder ``out_dir`` of a trained run held in memory
     (a :class:`latticerec.train.rundir.TrainedRun`); returns ``out_dir``."""
-    art = build_artifact(trained)
+    art = build_artifact(trained, cf_part)
     return write_model_dir(art, Path(out_dir), model_card(art.manifest, str(trained.run_dir.path)),
                            overwrite=overwrite)
 
@@ -138,9 +140,10 @@ def check_export_target(out_dir: str | Path, overwrite: bool = False) -> None:
         raise ArtifactError(f"{out_dir}: already exists; choose another folder or pass --overwrite")
 
 
-def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
+def export_run(run_dir: str | Path, out_dir: str | Path, overwrite: bool = False,
+               cf_part: str = "neighbours") -> Path:
     """Export the run in ``run_dir`` to the model folder ``out_dir``; returns ``out_dir``."""
     from latticerec.train.rundir import RunDir, load_trained
 
     check_export_target(out_dir, overwrite)  # before the (slow) model rebuild
-    return export_trained(load_trained(RunDir(run_dir)), out_dir, overwrite=overwrite)
+    return export_trained(load_trained(RunDir(run_dir)), out_dir, overwrite=overwrite, cf_part=cf_part)

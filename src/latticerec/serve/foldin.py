@@ -17,9 +17,21 @@ features. It is placed by the model's own mechanism, exactly as the model comput
            ``h^(0) = 0`` (no ID embedding) or, with ``feats_input``, ``mean_m ẽ_m``;
 * MICRO    the per-modality ``h^m`` are fused by eq. 7-8 (shared attention) and eq. 11-15
            (specific parts, second attention);
-* the representation is ``c + h / ‖h‖`` (repeated per block for NGCF), where ``c`` is what the
-  backbone gives an item without interactions and with a zero ID embedding (0 for MF and LightGCN;
-  NGCF's layers of the biases alone).
+* the representation is ``c + h / ‖h‖`` (repeated per block for NGCF). ``c`` is the collaborative
+  part, chosen at export (``cf_part``):
+
+  - ``"neighbours"`` (the default): ``c = Σ_j w_j x̃_j / Σ_j w_j`` over the new item's graph
+    neighbours ``j`` (the row shown by :meth:`FoldIn.place`: ``A`` for LATTICE, the mean of the
+    ``A_m`` for MICRO, ``E^m`` for MM-GEF) with their final backbone representations ``x̃_j``: one
+    more light convolution on the item graph, now of the backbone's output, standing in for the
+    collaborative signal the new item has not collected yet (an item without neighbours gets the
+    ``"isolated"`` part);
+  - ``"isolated"``: exactly what the backbone gives an item without interactions and with a zero
+    ID embedding (0 for MF and LightGCN; NGCF's layers of the biases alone), i.e. the model's own
+    output for such an item, nothing added.
+
+  Users were trained against ``x̃_i + h_i/‖h_i‖``; with ``"isolated"`` a new item meets them with the
+  second term only, which carries less of the ranking (docs/inductive.md measures both).
 
 Warm items are left as they are (a new item never changes a trained item's row), so the new item's
 score for user ``u`` is ``user_repr[u] · place(...)[0]``.
@@ -45,6 +57,7 @@ from dataclasses import dataclass
 import numpy as np
 
 KINDS = ("none", "cb", "lattice", "micro", "mmgef")
+CF_PARTS = ("neighbours", "isolated")
 EPS = 1e-12  # F.normalize's epsilon
 MAX_NORM = 1e30  # larger feature vectors would overflow float32 in the projections
 
@@ -121,7 +134,14 @@ def _hidden(terms, x, n_layers: int) -> list:
     return out
 
 
-def _structure_export(model, dataset) -> tuple[dict, dict]:
+def _cf_part_arrays(model, spec: dict, arrays: dict, cf_part: str) -> None:
+    """``spec["cf_part"]`` and, for ``"neighbours"``, the backbone's item representations ``x̃``."""
+    spec["cf_part"] = cf_part
+    if cf_part == "neighbours":
+        arrays["item_cf"] = model.backbone.propagate()[1]
+
+
+def _structure_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     import torch
 
     from latticerec.models.micro import Micro
@@ -140,6 +160,7 @@ def _structure_export(model, dataset) -> tuple[dict, dict]:
             "item_layers": int(model.item_layers), "cf_feats": cf_feats, "feats_input": feats_input,
             "embed_dim": int(model.backbone.embed_dim)}
     arrays = {"isolated": _isolated_item(model.backbone)}
+    _cf_part_arrays(model, spec, arrays, "isolated" if cf_feats else cf_part)
     if fused:
         spec["specific"] = bool(model.specific)
         arrays["att_w_weight"], arrays["att_w_bias"] = model.att_w.weight, model.att_w.bias
@@ -192,7 +213,7 @@ def _cb_export(model, dataset) -> tuple[dict, dict]:
     return {"kind": "cb", "fusion": how, "modalities": dims}, {k: v.numpy() for k, v in arrays.items()}
 
 
-def _mmgef_export(model, dataset) -> tuple[dict, dict]:
+def _mmgef_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     """MM-GEF: LATTICE's rows on the fused feature (``E^m``); a new item has no co-occurrence row
     (``E^c`` row 0), so eq. 5 attends over ``E^m X`` and a zero view."""
     import torch
@@ -209,6 +230,7 @@ def _mmgef_export(model, dataset) -> tuple[dict, dict]:
             "embed_dim": int(model.backbone.embed_dim), "use_cf": bool(model.use_cf),
             "attention": attention}
     arrays["isolated"] = _isolated_item(model.backbone)
+    _cf_part_arrays(model, spec, arrays, cf_part)
     for m in st.projections:
         arrays[f"proj_weight.{m}"] = st.projections[m].weight
         arrays[f"proj_bias.{m}"] = st.projections[m].bias
@@ -231,9 +253,12 @@ def _mmgef_export(model, dataset) -> tuple[dict, dict]:
     return spec, {k: torch.as_tensor(v).detach().cpu().float().numpy() for k, v in arrays.items()}
 
 
-def fold_in_arrays(model, dataset) -> tuple[dict, dict[str, np.ndarray]]:
+def fold_in_arrays(model, dataset, cf_part: str = "neighbours") -> tuple[dict, dict[str, np.ndarray]]:
     """At export: the manifest's ``"fold_in"`` spec and the arrays (names without the ``fold.``
-    prefix) that place a new item. Models without content get ``{"kind": "none", "reason": ...}``."""
+    prefix) that place a new item. Models without content get ``{"kind": "none", "reason": ...}``.
+    ``cf_part``: a new item's collaborative part, ``"neighbours"`` or ``"isolated"`` (module doc)."""
+    if cf_part not in CF_PARTS:
+        raise ValueError(f"cf_part: expected one of {', '.join(CF_PARTS)}, got {cf_part!r}")
     import torch
 
     from latticerec.models.cb import ContentBased
@@ -250,7 +275,7 @@ def fold_in_arrays(model, dataset) -> tuple[dict, dict[str, np.ndarray]]:
     model.eval()
     try:
         with torch.no_grad():
-            return (_mmgef_export if isinstance(model, MMGEF) else _structure_export)(model, dataset)
+            return (_mmgef_export if isinstance(model, MMGEF) else _structure_export)(model, dataset, cf_part)
     finally:
         model.train(was_training)
 
@@ -447,6 +472,11 @@ class StructureFoldIn(FoldIn):
         if self.isolated.shape[0] % d:
             raise ValueError(f"fold-in array 'isolated': length {self.isolated.shape[0]} is not a "
                              f"multiple of embed_dim {d}")
+        self.cf_part = spec.get("cf_part", "isolated")  # exports before cf_part: the isolated part
+        if self.cf_part not in CF_PARTS:
+            raise ValueError(f"fold-in spec: cf_part must be one of {', '.join(CF_PARTS)}, "
+                             f"got {self.cf_part!r}")
+        self.item_cf = None
         self.graph_dims = self._graph_dims()
         self.proj = {}
         if self.learn or self.cf_feats or self.feats_input:
@@ -463,6 +493,8 @@ class StructureFoldIn(FoldIn):
         self.learned = {m: (_check_array(arrays, f"proj_unit.{m}", (n, d)),
                             _check_array(arrays, f"proj_degree.{m}", (n,)))
                         for m in mods} if self.learn else {}
+        self.item_cf = (_check_array(arrays, "item_cf", (n, self.isolated.shape[0]))
+                        if self.cf_part == "neighbours" else None)
         if self.fused:
             self.hidden = {m: [_check_array(arrays, f"hidden.{m}.{layer}", (n, d))
                                for layer in range(self.layers)] for m in mods}
@@ -521,13 +553,24 @@ class StructureFoldIn(FoldIn):
         else:
             shown = Row.total([rows[m].scaled(float(a)) for m, a in zip(mods, self.alpha, strict=True)])
             h = shown.convolve(self.hidden, h0)
-        return self._representation(h), shown.neighbours()
+        return self._representation(h, shown), shown.neighbours()
 
-    def _representation(self, h: np.ndarray) -> np.ndarray:
-        """``c + h / ‖h‖`` with ``h`` repeated over the backbone's blocks (NGCF)."""
+    def _cf(self, row: Row | None) -> np.ndarray:
+        """``c``: the isolated item's backbone output, or the neighbours' weighted mean ``x̃``."""
+        if self.item_cf is None or row is None:
+            return self.isolated
+        keep = row.weight > 0
+        total = float(row.weight[keep].sum())
+        if total <= 0:
+            return self.isolated
+        return (row.weight[keep] / total) @ self.item_cf[row.index[keep]]
+
+    def _representation(self, h: np.ndarray, row: Row | None = None) -> np.ndarray:
+        """``c + h / ‖h‖`` with ``h`` repeated over the backbone's blocks (NGCF); ``row``: the new
+        item's graph row (the neighbours of ``cf_part="neighbours"``)."""
         unit = _unit(np.asarray(h, dtype=np.float32))
         reps = self.isolated.shape[0] // unit.shape[0]
-        return (self.isolated + np.tile(unit, reps)).astype(np.float32)
+        return (self._cf(row) + np.tile(unit, reps)).astype(np.float32)
 
 
 class MMGEFFoldIn(StructureFoldIn):
@@ -558,7 +601,7 @@ class MMGEFFoldIn(StructureFoldIn):
         h = w_m * view
         for layer in self.hidden[1:]:
             h = w_m * (row.weight @ layer[row.index] + row.self_weight * h)
-        return self._representation(h), row.neighbours()
+        return self._representation(h, row), row.neighbours()
 
 
 def load_fold_in(spec: dict, arrays: dict[str, np.ndarray]) -> FoldIn | None:

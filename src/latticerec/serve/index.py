@@ -8,11 +8,29 @@ HNSW: a faiss ``IndexHNSWFlat`` with the inner-product metric over the items kno
 asked for ``k + |excluded|`` candidates (so that ``k`` remain after dropping the excluded ones) with
 ``efSearch = max(ef_search, 2 (k + |excluded|))``; items added while serving are few and are scored
 exactly, then the two lists are merged. faiss is imported only when an HNSW index is asked for.
+
+Building the graph is the slow part of a start (minutes at a million items), so the built index is
+kept beside the model (``hnsw-M{M}-efc{efC}.faiss`` and a ``.json`` record of its parameters, the
+SHA-256 of the item representations it indexes and the SHA-256 of the index file). A later start
+with the same parameters and items reads it back after checking both digests and the index's type,
+size, dimension and metric; anything else (another model, changed items, a truncated or altered
+file) is rebuilt with a warning. The digests guard against corruption and stale files, not against
+someone who may write the model folder (they could replace the model itself).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import warnings
+from pathlib import Path
+
 import numpy as np
+
+from latticerec.errors import OutputError
+from latticerec.io import atomic_write_bytes, atomic_write_json
+
+INDEX_FORMAT = 1
 
 
 def top_k(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -48,16 +66,63 @@ class HNSWIndex(ExactIndex):
 
     kind = "hnsw"
 
-    def __init__(self, base: np.ndarray, m: int = 32, ef_construction: int = 80, ef_search: int = 128):
+    def __init__(self, base: np.ndarray, m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+                 cache_dir: str | Path | None = None):
         import faiss
 
-        self.n_base, self.m = base.shape[0], m
+        self.n_base, self.m, self.ef_construction = base.shape[0], m, ef_construction
         self.ef_search = ef_search
-        self.index = faiss.IndexHNSWFlat(base.shape[1], m, faiss.METRIC_INNER_PRODUCT)
-        self.index.hnsw.efConstruction = ef_construction
-        self.index.add(np.ascontiguousarray(base, dtype=np.float32))
+        base = np.ascontiguousarray(base, dtype=np.float32)
+        self.cache = None if cache_dir is None else Path(cache_dir) / f"hnsw-M{m}-efc{ef_construction}.faiss"
+        digest = hashlib.sha256(base.data).hexdigest() if self.cache is not None else None
+        self.index = self._load(faiss, base, digest) if self.cache is not None else None
+        self.loaded = self.index is not None
+        if self.index is None:
+            self.index = faiss.IndexHNSWFlat(base.shape[1], m, faiss.METRIC_INNER_PRODUCT)
+            self.index.hnsw.efConstruction = ef_construction
+            self.index.add(base)
+            if self.cache is not None:
+                self._save(faiss, digest)
         self._params = faiss.SearchParametersHNSW
         self.recall: dict | None = None
+
+    def _record(self, digest: str) -> dict:
+        return {"format": INDEX_FORMAT, "kind": "IndexHNSWFlat", "metric": "inner_product", "M": self.m,
+                "ef_construction": self.ef_construction, "items": self.n_base, "items_sha256": digest}
+
+    def _load(self, faiss, base: np.ndarray, digest: str):
+        """The cached index when its record, file digest and contents match ``base``; else None."""
+        record_path = self.cache.with_suffix(".json")
+        if not self.cache.exists() and not record_path.exists():
+            return None
+        try:
+            record = json.loads(record_path.read_text())
+            if not isinstance(record, dict):
+                raise ValueError("the record is not a JSON object")
+            file_sha = record.pop("index_sha256", None)
+            if record != self._record(digest):
+                raise ValueError("it indexes other items or parameters")
+            data = self.cache.read_bytes()
+            if hashlib.sha256(data).hexdigest() != file_sha:
+                raise ValueError("the file's SHA-256 differs from its record (truncated or altered)")
+            index = faiss.deserialize_index(np.frombuffer(data, dtype=np.uint8))
+            if not isinstance(index, faiss.IndexHNSWFlat) or index.ntotal != base.shape[0] \
+                    or index.d != base.shape[1] or index.metric_type != faiss.METRIC_INNER_PRODUCT \
+                    or index.hnsw.nb_neighbors(0) != 2 * self.m:
+                raise ValueError("the index read back has another type, size, dimension or metric")
+        except (OSError, ValueError, RuntimeError, TypeError, json.JSONDecodeError) as exc:
+            warnings.warn(f"{self.cache}: cached HNSW index not used ({exc}); rebuilding it", stacklevel=3)
+            return None
+        return index
+
+    def _save(self, faiss, digest: str) -> None:
+        data = faiss.serialize_index(self.index).tobytes()
+        try:
+            atomic_write_bytes(self.cache, data)
+            atomic_write_json(self.cache.with_suffix(".json"),
+                              {**self._record(digest), "index_sha256": hashlib.sha256(data).hexdigest()})
+        except OutputError as exc:
+            warnings.warn(f"the HNSW index is not kept for the next start: {exc}", stacklevel=3)
 
     def search(self, reprs: np.ndarray, query: np.ndarray, k: int,
                exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -77,8 +142,8 @@ class HNSWIndex(ExactIndex):
         return items[order], scores[order]
 
     def describe(self) -> dict:
-        return {"kind": self.kind, "M": self.m, "ef_search": self.ef_search,
-                **(self.recall or {})}
+        return {"kind": self.kind, "M": self.m, "ef_construction": self.ef_construction,
+                "ef_search": self.ef_search, "loaded": self.loaded, **(self.recall or {})}
 
 
 def exact_top_k(reprs: np.ndarray, queries: np.ndarray, excludes: list[np.ndarray], k: int,

@@ -83,7 +83,7 @@ class Recommender:
         self._truth: dict = {}
         hnsw = dict(hnsw or {})
         target = hnsw.pop("target_recall", None)
-        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, **hnsw)
+        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, cache_dir=art.path, **hnsw)
         if isinstance(self.index, HNSWIndex):
             self.tune_ef_search(recall_k, target)
             self.index.recall = self.measure_recall(recall_k)
@@ -208,11 +208,23 @@ class Recommender:
 
     # -- status ----------------------------------------------------------------------------------
     def tune_ef_search(self, k: int, target: float | None, limit: int = 4096) -> None:
-        """Double ``efSearch`` until recall@k on a tuning sample of users (not the one reported)
-        reaches ``target``."""
-        while target is not None and self.index.ef_search < limit \
-                and self.measure_recall(k, seed=1)[f"recall@{k}"] < target:
-            self.index.ef_search *= 2
+        """The smallest ``efSearch`` (to within 1/16) whose recall@k on a tuning sample of users (not
+        the one reported) reaches ``target``: doubled until it does, then bisected."""
+        if target is None:
+            return
+        index = self.index
+
+        def reaches(ef: int) -> bool:
+            index.ef_search = ef
+            return self.measure_recall(k, seed=1)[f"recall@{k}"] >= target
+
+        lo, hi = 0, index.ef_search
+        while hi < limit and not reaches(hi):
+            lo, hi = hi, min(2 * hi, limit)
+        while hi - lo > max(1, hi // 16):
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if reaches(mid) else (mid, hi)
+        index.ef_search = hi
 
     def measure_recall(self, k: int, sample: int = RECALL_SAMPLE, seed: int = 0) -> dict:
         """recall@k of the HNSW index against exact search on a sample of users (seen excluded)."""
