@@ -11,8 +11,8 @@ For each split seed ``s``:
 3. Recall/NDCG@20 over the cold test items (inductive: a new item's collaborative part from its graph
    neighbours, the export's default, and ``inductive-isolated``: the model's own output for an item
    without interactions, ``latticerec export --new-item-cf isolated``): for every user with a cold
-   test interaction, only the cold test items are ranked (training items excluded), as the transductive evaluation does. Both
-   protocols are scored on the same users: those with a warm interaction (the others cannot be
+   test interaction, only the cold test items are ranked (training items excluded), as the
+   transductive evaluation does. Both protocols are scored on the same users: those with a warm interaction (the others cannot be
    training users of the inductive model); the transductive run's own figure over all its users is
    printed beside it.
 

@@ -83,7 +83,8 @@ class Recommender:
         self._truth: dict = {}
         hnsw = dict(hnsw or {})
         target = hnsw.pop("target_recall", None)
-        self.index = ExactIndex() if index == "exact" else HNSWIndex(art.item_repr, cache_dir=art.path, **hnsw)
+        self.index = ExactIndex() if index == "exact" else \
+            HNSWIndex(art.item_repr, cache_dir=art.path, **hnsw)
         if isinstance(self.index, HNSWIndex):
             self.tune_ef_search(recall_k, target)
             self.index.recall = self.measure_recall(recall_k)
