@@ -12,9 +12,9 @@ For each split seed ``s``:
    neighbours, the export's default, and ``inductive-isolated``: the model's own output for an item
    without interactions, ``latticerec export --new-item-cf isolated``): for every user with a cold
    test interaction, only the cold test items are ranked (training items excluded), as the
-   transductive evaluation does. Both protocols are scored on the same users: those with a warm interaction (the others cannot be
-   training users of the inductive model); the transductive run's own figure over all its users is
-   printed beside it.
+   transductive evaluation does. Both protocols are scored on the same users: those with a warm
+   interaction (the others cannot be training users of the inductive model); the transductive
+   run's own figure over all its users is printed beside it.
 
     OMP_NUM_THREADS=1 python benchmarks/inductive_coldstart.py --source ../shared/data/tiktok \\
         --work runs/inductive --split-seeds 0 1 2
