@@ -114,8 +114,11 @@ def test_vbpr_score_is_the_papers_predictor_over_all_modalities():
     model = VBPR.from_inputs(VBPR.Config(embed_dim=4), _inputs(TOY, feats))
     with torch.no_grad():
         model.item_bias.copy_(torch.tensor([0.1, -0.2, 0.3, 0.0]))
-    f = torch.cat([torch.as_tensor(feats["image"]), torch.as_tensor(feats["audio"])], 1).float()
-    assert model.features.shape == (4, 5) and model.modalities == ("image", "audio")
+    unit = [torch.nn.functional.normalize(torch.as_tensor(feats[m]).float(), dim=1)
+            for m in ("image", "audio")]
+    f = torch.cat(unit, 1) / math.sqrt(2)  # "concat": the L2-normalised modalities side by side
+    torch.testing.assert_close(model.features, f)
+    assert model.fusion_modalities == ("image", "audio") and model.feature_fusion == "concat"
     gamma_u, theta_u = model.user_factors.weight[:, :4], model.user_factors.weight[:, 4:]
     e, beta_f = model.content.weight, model.content_bias.weight[0]
     expected = (model.item_bias + gamma_u @ model.item_factors.weight.T + theta_u @ (f @ e.T).T
@@ -126,6 +129,8 @@ def test_vbpr_score_is_the_papers_predictor_over_all_modalities():
         resolve_config("vbpr", {"knn_k": "3"})
     with pytest.raises(ConfigError, match="twice"):
         resolve_config("vbpr", {"modalities": "image,image"})
+    with pytest.raises(ConfigError, match="feature_fusion"):
+        resolve_config("vbpr", {"feature_fusion": "sum"})
 
 
 # --------------------------------------------------------------------------------------- freedom --

@@ -12,7 +12,11 @@ The predictor of the paper (section 3, eq. 1-4)::
   ``ŷ_ui - ŷ_uj``, so they are not kept.
 
 As in MMRec and the MICRO paper's baseline, ``f_i`` concatenates *every* modality of the dataset
-(``modalities`` picks a subset), raw as stored; ``K = K' = embed_dim``. Trained with BPR
+(``modalities`` picks a subset); ``K = K' = embed_dim``. Unlike MMRec, which concatenates the raw
+vectors, each modality is L2-normalised first (``feature_fusion="concat"``,
+:func:`latticerec.graphs.fusion.fuse_features`): TikTok's image vectors are 7x longer than its
+audio ones, and raw, the image part swamped the ID factors (seed 0: test Recall@20 0.0207 raw,
+below MF). ``feature_fusion`` takes the other early-fusion rules too. Trained with BPR
 (section 3.2; :func:`~latticerec.models.losses.bpr_loss`) and the L2 term of the batch rows of
 ``[γ_u; θ_u]`` and ``[γ_i; β_i]`` (``reg``; ``E`` and ``β'`` are shared and not penalised).
 
@@ -27,20 +31,24 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from latticerec.graphs.fusion import fuse_features
 from latticerec.models.backbones import EmbeddingConfig
 from latticerec.models.base import ModelInputs, Recommender
-from latticerec.models.options import Modalities
+from latticerec.models.options import FeatureFusion, Modalities
 from latticerec.models.structure import feature_modalities
 
 
 @dataclass(frozen=True)
-class VBPRConfig(EmbeddingConfig, Modalities):
-    """``embed_dim`` (``K = K'``), ``reg`` (L2 on the batch's user and item factors) and
-    ``modalities`` (empty: every feature matrix of the dataset, concatenated)."""
+class VBPRConfig(EmbeddingConfig, Modalities, FeatureFusion):
+    """``embed_dim`` (``K = K'``), ``reg`` (L2 on the batch's user and item factors),
+    ``modalities`` (empty: every feature matrix of the dataset) and ``feature_fusion`` (how they
+    form ``f_i``; ``concat``: the L2-normalised modalities side by side)."""
+
+    feature_fusion: str = "concat"
 
     def __post_init__(self):
         EmbeddingConfig.__post_init__(self)
-        Modalities.__post_init__(self)
+        Modalities.__post_init__(self)  # and FeatureFusion's check, next in the chain
 
 
 class VBPR(Recommender):
@@ -49,11 +57,12 @@ class VBPR(Recommender):
     Config = VBPRConfig
 
     def __init__(self, n_users: int, features: torch.Tensor, embed_dim: int = 64, reg: float = 1e-4,
-                 modalities: tuple[str, ...] = ()):
+                 fusion: tuple[tuple[str, ...], str] = ((), "concat")):
         super().__init__()
         n_items, n_feat = features.shape
         self.n_users, self.n_items, self.embed_dim = n_users, n_items, embed_dim
-        self.modalities = tuple(modalities)  # what ``f_i`` concatenates, in order
+        # the modalities and rule ``f_i`` was fused from (what a new item would need)
+        self.fusion_modalities, self.feature_fusion = tuple(fusion[0]), fusion[1]
         self.reg_weight = reg
         self.register_buffer("features", features.float(), persistent=False)
         self.user_factors = nn.Embedding(n_users, 2 * embed_dim)  # [γ_u; θ_u]
@@ -68,8 +77,8 @@ class VBPR(Recommender):
     @classmethod
     def from_inputs(cls, cfg: VBPRConfig, inputs: ModelInputs) -> VBPR:
         names = feature_modalities(cfg.modalities, inputs, "vbpr")
-        feats = torch.cat([inputs.features[m].float() for m in names], dim=1)
-        return cls(inputs.n_users, feats, cfg.embed_dim, cfg.reg, tuple(names))
+        feats = fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion)
+        return cls(inputs.n_users, feats, cfg.embed_dim, cfg.reg, (tuple(names), cfg.feature_fusion))
 
     def propagate(self):
         f = self.features
