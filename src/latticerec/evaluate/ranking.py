@@ -29,11 +29,13 @@ def _batch_coords(mat: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np
 
 def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarray, k: int,
                exclude: list[sp.csr_matrix] | tuple = (), batch_size: int = 1024,
-               candidates: np.ndarray | None = None):
+               candidates: np.ndarray | None = None, score_fn=None):
     """Yield ``(batch_users, top_items, top_scores)`` for ``users`` in batches.
 
-    Scores are ``user_repr[u] · item_repr[i]``; items in any ``exclude`` matrix row are masked;
-    when ``candidates`` (item indices) is given only those items are ranked.
+    Scores are ``user_repr[u] · item_repr[i]``, or ``score_fn(batch) -> (B x I)`` when given (a
+    non-factorised model's ``score_users``; ``item_repr`` then only gives the item count and device,
+    an ``I x 0`` tensor will do); items in any ``exclude`` matrix row are masked; when
+    ``candidates`` (item indices) is given only those items are ranked.
     """
     device = item_repr.device
     allowed = None
@@ -43,7 +45,8 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
     k = min(k, item_repr.shape[0])
     for start in range(0, len(users), batch_size):
         batch = users[start: start + batch_size]
-        scores = user_repr[torch.as_tensor(batch, device=device)] @ item_repr.T
+        batch_t = torch.as_tensor(batch, device=device)
+        scores = user_repr[batch_t] @ item_repr.T if score_fn is None else score_fn(batch_t).float()
         if allowed is not None:
             scores = scores + allowed
         for mat in exclude:
@@ -54,7 +57,7 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
 
 
 def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
-                      exclude, topk, ndcg: str, batch_size: int, progress, candidates):
+                      exclude, topk, ndcg: str, batch_size: int, progress, candidates, score_fn=None):
     """``users`` (those with >= 1 item in ``target``), then per batch ``(batch, {metric: values})``."""
     target = sp.csr_matrix(target)
     n_rel_all = np.diff(target.indptr)
@@ -62,7 +65,7 @@ def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: 
     if users.size == 0:
         raise DataError("no user has an item in the evaluation split")
     yield users
-    batches = rank_top_k(user_repr, item_repr, users, max(topk), exclude, batch_size, candidates)
+    batches = rank_top_k(user_repr, item_repr, users, max(topk), exclude, batch_size, candidates, score_fn)
     if progress is not None:
         batches = progress(batches, total=(len(users) + batch_size - 1) // batch_size)
     device = item_repr.device
@@ -84,15 +87,16 @@ def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: 
 def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
                      exclude: list[sp.csr_matrix] | tuple = (), topk=(10, 20, 50),
                      ndcg: str = "standard", batch_size: int = 1024, progress=None,
-                     candidates: np.ndarray | None = None, per_user: bool = False):
+                     candidates: np.ndarray | None = None, per_user: bool = False, score_fn=None):
     """Mean Recall/Precision/NDCG/HitRate@K over users with >= 1 item in ``target``.
 
     ``ndcg="legacy"`` uses the LATTICE/MICRO code's NDCG (ideal DCG from retrieved hits).
     With ``per_user`` returns ``(means, arrays)``: ``arrays["users"]`` the evaluated user indices and
     ``arrays[metric]`` each one's value (float64, aligned), e.g. for paired significance tests.
+    ``score_fn`` replaces the dot product (see :func:`rank_top_k`).
     """
     stream = _per_user_batches(user_repr, item_repr, target, exclude, topk, ndcg, batch_size,
-                               progress, candidates)
+                               progress, candidates, score_fn)
     users = next(stream)
     sums = {f"{m}@{k}": 0.0 for k in topk for m in ("recall", "precision", "ndcg", "hit")}
     parts: dict[str, list[np.ndarray]] = {key: [] for key in sums}

@@ -9,6 +9,11 @@ A model is a ``torch.nn.Module`` that
 * ``on_epoch_start(epoch)`` is called by the trainer before each epoch (LATTICE rebuilds its
   learned graphs there).
 
+A *non-factorised* scorer (ItemKNN: ``score(u, i) = Σ_(j ∈ N_u) sim(i, j)``, no d-dimensional
+representation short of an ``I x I`` one) sets ``factorised = False`` and implements
+``score_users(users) -> (B x I)``; the evaluator ranks with it instead of the dot product, and the
+serving export, which stores representations, refuses such a model.
+
 Models receive sizes and tensors (:class:`ModelInputs`), never a dataset object or a file path.
 """
 
@@ -42,6 +47,7 @@ class Recommender(nn.Module):
 
     reg_weight: float = 0.0
     reg_on: str = "ego"  # "ego" | "final": what the L2 penalty applies to (the trainer sets it)
+    factorised: bool = True  # False: scores come from ``score_users``, not ``propagate()``
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -82,3 +88,11 @@ class Recommender(nn.Module):
             return tuple(t.detach() for t in self.propagate())
         finally:
             self.train(was_training)
+
+    @torch.no_grad()
+    def score_users(self, users: torch.Tensor) -> torch.Tensor:
+        """``(len(users) x I)`` scores of ``users`` for every item, in inference mode. Here the dot
+        products of :meth:`full_representations` (recomputed per call: to score many batches of a
+        factorised model, take the representations once); a non-factorised model overrides it."""
+        user_all, item_all = self.full_representations()
+        return user_all[users] @ item_all.T

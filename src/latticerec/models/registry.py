@@ -8,9 +8,13 @@ from __future__ import annotations
 from latticerec.errors import ConfigError
 from latticerec.models.backbones import MF, NGCF, LightGCN
 from latticerec.models.cb import ContentBased
+from latticerec.models.freedom import Freedom
+from latticerec.models.itemknn import ItemKNN
 from latticerec.models.lattice import Lattice
 from latticerec.models.micro import Micro
 from latticerec.models.mmgef import MMGEF
+from latticerec.models.pop import Popularity
+from latticerec.models.vbpr import VBPR
 
 MODELS = {
     "mf": MF,
@@ -20,6 +24,10 @@ MODELS = {
     "micro": Micro,
     "mmgef": MMGEF,
     "cb": ContentBased,
+    "pop": Popularity,
+    "itemknn": ItemKNN,
+    "vbpr": VBPR,
+    "freedom": Freedom,
 }
 
 # backbones a multimodal model (a class with ``wraps_backbone = True``) can wrap

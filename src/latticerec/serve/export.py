@@ -99,6 +99,10 @@ def build_artifact(loaded, cf_part: str = "neighbours") -> ModelArtifact:
     from latticerec.serve.foldin import fold_in_arrays
 
     ds, model = loaded.dataset, loaded.model
+    if not model.factorised:
+        raise LatticeRecError(f"{loaded.run.model}: a model folder stores user and item representations "
+                              "scored by their dot product, and this model's scores are not one "
+                              "(it ranks with score_users); it cannot be exported for serving")
     users, items = (t.float().cpu().numpy() for t in model.full_representations())
     train = ds.train.tocsr()
     spec, fold = fold_in_arrays(model, ds, cf_part)

@@ -64,13 +64,17 @@ def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainC
     On a cold-start split (``dataset.cold_items``) only the split's cold items are ranked, unless
     ``rank_all`` (or the dataset's ``rank_cold`` is False). With ``per_user`` returns
     ``(means, per-user arrays)`` (see :func:`~latticerec.evaluate.ranking.evaluate_ranking`)."""
-    users, items = model.full_representations()
+    if model.factorised:
+        users, items = model.full_representations()
+    else:  # ItemKNN: scores from ``score_users``; zero-width tensors carry the sizes and the device
+        device = next(itertools.chain(model.parameters(), model.buffers())).device
+        users, items = (torch.empty(n, 0, device=device) for n in (dataset.n_users, dataset.n_items))
     bar = (lambda it, total: tqdm(it, total=total, desc=f"eval {split}", leave=False)) if progress \
         else None
     return evaluate_ranking(users, items, dataset.split(split), exclude=[dataset.train],
                             topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
                             progress=bar, candidates=None if rank_all else dataset.candidates(split),
-                            per_user=per_user)
+                            per_user=per_user, score_fn=None if model.factorised else model.score_users)
 
 
 class _Loop:
