@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from latticerec.errors import ConfigError
 from latticerec.models.backbones import MF, NGCF, LightGCN
+from latticerec.models.bm3 import BM3
 from latticerec.models.cb import ContentBased
+from latticerec.models.grcn import GRCN
 from latticerec.models.lattice import Lattice
 from latticerec.models.micro import Micro
+from latticerec.models.mmgcn import MMGCN
 from latticerec.models.mmgef import MMGEF
+from latticerec.models.sgl import SGL
 
 MODELS = {
     "mf": MF,
@@ -20,6 +24,10 @@ MODELS = {
     "micro": Micro,
     "mmgef": MMGEF,
     "cb": ContentBased,
+    "sgl": SGL,
+    "mmgcn": MMGCN,
+    "grcn": GRCN,
+    "bm3": BM3,
 }
 
 # backbones a multimodal model (a class with ``wraps_backbone = True``) can wrap
