@@ -122,3 +122,32 @@ def orthogonality_loss(specific: torch.Tensor) -> torch.Tensor:
         for b in range(a + 1, n_modal):
             total = total + (specific[a] * specific[b]).sum(-1).pow(2).sum()
     return total / n_items
+
+
+def cross_view_info_nce(view_a: torch.Tensor, view_b: torch.Tensor, anchors: torch.Tensor,
+                        tau: float = 0.2) -> torch.Tensor:
+    """InfoNCE between two views of the same nodes (SGL, Wu et al. SIGIR 2021, eq. 8)::
+
+        L_ssl = mean_{u ∈ anchors} -log  e^{s(z'_u, z''_u)/τ} / Σ_{v ∈ V} e^{s(z'_u, z''_v)/τ}
+
+    with ``z'`` the rows of ``view_a``, ``z''`` the rows of ``view_b``, ``s`` the cosine similarity
+    and ``v`` every row of ``view_b`` (the positive included, as in eq. 8). Eq. 8 sums over the
+    anchors; the mean keeps the weight λ of eq. 10 on the scale of the batch-mean BPR loss.
+    Memory is ``len(anchors) x N``.
+    """
+    if view_a.shape != view_b.shape:
+        raise ValueError(f"views differ in shape: {tuple(view_a.shape)} vs {tuple(view_b.shape)}")
+    if anchors.numel() == 0:
+        raise ValueError("cross_view_info_nce needs at least one anchor")
+    z_a = F.normalize(view_a[anchors], dim=1)
+    z_b = F.normalize(view_b, dim=1)
+    logits = z_a @ z_b.T / tau
+    positive = logits.gather(1, anchors.unsqueeze(1)).squeeze(1)
+    return (torch.logsumexp(logits, dim=1) - positive).mean()
+
+
+def bootstrap_cosine_loss(online: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """BM3's critic ``C(h̃, sg(ḣ)) = 1 - cos(h̃, ḣ)``, mean over rows (Zhou et al. WWW 2023, eq. 6-8
+    use ``C`` for the reconstruction, alignment and masking losses). The target is detached here:
+    the stop-gradient ``sg(·)`` is part of the loss, so no caller can forget it."""
+    return (1.0 - F.cosine_similarity(online, target.detach(), dim=-1)).mean()

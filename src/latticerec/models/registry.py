@@ -7,13 +7,17 @@ from __future__ import annotations
 
 from latticerec.errors import ConfigError
 from latticerec.models.backbones import MF, NGCF, LightGCN
+from latticerec.models.bm3 import BM3
 from latticerec.models.cb import ContentBased
 from latticerec.models.freedom import Freedom
+from latticerec.models.grcn import GRCN
 from latticerec.models.itemknn import ItemKNN
 from latticerec.models.lattice import Lattice
 from latticerec.models.micro import Micro
+from latticerec.models.mmgcn import MMGCN
 from latticerec.models.mmgef import MMGEF
 from latticerec.models.pop import Popularity
+from latticerec.models.sgl import SGL
 from latticerec.models.vbpr import VBPR
 
 MODELS = {
@@ -28,6 +32,10 @@ MODELS = {
     "itemknn": ItemKNN,
     "vbpr": VBPR,
     "freedom": Freedom,
+    "sgl": SGL,
+    "mmgcn": MMGCN,
+    "grcn": GRCN,
+    "bm3": BM3,
 }
 
 # backbones a multimodal model (a class with ``wraps_backbone = True``) can wrap

@@ -1,0 +1,119 @@
+"""SGL (Wu et al., SIGIR 2021): self-supervised graph learning on LightGCN.
+
+Equation numbers follow sections 2-3 of the paper:
+
+* eq. 1-2  the encoder is LightGCN over the user-item graph (:class:`~latticerec.models.backbones.LightGCN`:
+           ``Z^(l) = Â Z^(l-1)``, readout the layer mean);
+* eq. 4    two augmented views ``s1(G), s2(G)`` of the graph, encoded by the same LightGCN
+           (shared weights): ``Z1^(l) = H(Z1^(l-1), s1(G))``, ``Z2^(l) = H(Z2^(l-1), s2(G))``;
+* eq. 5    node dropout (``augmentation="node"``): every user and item is dropped with probability ρ,
+           with its edges: ``s(G) = (M ⊙ V, E)``;
+* eq. 6    edge dropout (``augmentation="edge"``, the paper's SGL-ED): every interaction is dropped
+           with probability ρ: ``s(G) = (V, M ⊙ E)``;
+* eq. 8-9  ``L_ssl = L_ssl^user + L_ssl^item``, each the InfoNCE between a node's two views with every
+           node of the same kind as negative (:func:`~latticerec.models.losses.cross_view_info_nce`);
+           the anchors are the batch's distinct users and positive items;
+* eq. 10   ``L = L_main + λ1 L_ssl + λ2 ‖Θ‖²``: BPR on the full graph, ``ssl_weight`` ``λ1``, the
+           usual L2 term ``λ2`` (``reg``).
+
+Both views are redrawn at the start of every epoch (:meth:`SGL.on_epoch_start`) from torch's global
+generator, which the trainer seeds with ``(seed, epoch)``: a run and its resume see the same views.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from latticerec.graphs.adjacency import normalized_bipartite_adjacency
+from latticerec.graphs.sparse import constant_spmm, csr_from_parts, row_indices
+from latticerec.models.backbones import GraphConfig, LightGCN
+from latticerec.models.base import ModelInputs
+from latticerec.models.losses import cross_view_info_nce
+
+
+@dataclass(frozen=True)
+class SGLConfig(GraphConfig):
+    """SGL options on top of LightGCN's: ``ssl_weight`` (λ1 of eq. 10), ``tau`` (τ of eq. 8),
+    ``drop_ratio`` (ρ of eq. 5-6) and ``augmentation`` (``edge`` or ``node``). Defaults are the
+    paper's best setting (section 4.1: ρ = 0.1, τ = 0.2, λ1 = 0.1, edge dropout)."""
+
+    ssl_weight: float = 0.1
+    tau: float = 0.2
+    drop_ratio: float = 0.1
+    augmentation: Literal["edge", "node"] = "edge"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.ssl_weight < 0:
+            raise ValueError("ssl_weight must be >= 0")
+        if not self.tau > 0:
+            raise ValueError("tau must be > 0")
+        if not 0 <= self.drop_ratio < 1:
+            raise ValueError("drop_ratio must be in [0, 1)")
+        if self.augmentation not in ("edge", "node"):
+            raise ValueError("augmentation must be 'edge' or 'node'")
+
+
+def edges_to_csr(users: torch.Tensor, items: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """The binary users x items CSR matrix of the edges ``(users[k], items[k])``, users sorted."""
+    crow = torch.zeros(shape[0] + 1, dtype=torch.long, device=users.device)
+    crow[1:] = torch.bincount(users, minlength=shape[0]).cumsum(0)
+    return csr_from_parts(crow, items, torch.ones(len(items), device=users.device), shape)
+
+
+class SGL(LightGCN):
+    """LightGCN trained with BPR plus the contrastive loss between two dropout views (eq. 10)."""
+
+    Config = SGLConfig
+
+    def __init__(self, n_users: int, n_items: int, train: torch.Tensor, embed_dim: int = 64,
+                 n_layers: int = 3, reg: float = 1e-4, ssl_weight: float = 0.1, tau: float = 0.2,
+                 drop_ratio: float = 0.1, augmentation: str = "edge"):
+        super().__init__(n_users, n_items, normalized_bipartite_adjacency(train), embed_dim, n_layers, reg)
+        self.ssl_weight, self.tau, self.drop_ratio, self.augmentation = ssl_weight, tau, drop_ratio, augmentation
+        # the training interactions, user-sorted (CSR order): the edges a view keeps or drops
+        self.register_buffer("edge_users", row_indices(train.crow_indices()), persistent=False)
+        self.register_buffer("edge_items", train.col_indices().clone(), persistent=False)
+        self.views: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    @classmethod
+    def from_inputs(cls, cfg: SGLConfig, inputs: ModelInputs) -> SGL:
+        return cls(inputs.n_users, inputs.n_items, inputs.train, cfg.embed_dim, cfg.n_layers, cfg.reg,
+                   cfg.ssl_weight, cfg.tau, cfg.drop_ratio, cfg.augmentation)
+
+    def sample_view(self) -> torch.Tensor:
+        """One augmented graph ``s(G)`` (eq. 5 or 6), as its normalised adjacency ``D^-1/2 A D^-1/2``."""
+        users, items, rho = self.edge_users, self.edge_items, self.drop_ratio
+        if self.augmentation == "edge":  # eq. 6: each edge kept with probability 1 - ρ
+            keep = torch.rand(users.numel(), device=users.device) >= rho
+        else:  # eq. 5: each node kept with probability 1 - ρ, an edge survives if both ends do
+            keep_u = torch.rand(self.n_users, device=users.device) >= rho
+            keep_i = torch.rand(self.n_items, device=users.device) >= rho
+            keep = keep_u[users] & keep_i[items]
+        view = edges_to_csr(users[keep], items[keep], (self.n_users, self.n_items))
+        return normalized_bipartite_adjacency(view)
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Draw the epoch's two views ``s1(G), s2(G)`` (eq. 4)."""
+        self.views = (self.sample_view(), self.sample_view())
+
+    def encode(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The shared LightGCN encoder (eq. 1-2) over the graph ``adj``: the mean of layers 0..L."""
+        layers = [torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)]
+        for _ in range(self.n_layers):
+            layers.append(constant_spmm(adj, layers[-1]))  # a view's Â is symmetric too
+        out = torch.stack(layers).mean(0)
+        return out[: self.n_users], out[self.n_users:]
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
+        terms = self.bpr_terms(*self.propagate(), users, pos, neg)
+        if self.views is None:  # a loss before any epoch started: draw the views now
+            self.on_epoch_start(0)
+        (u1, i1), (u2, i2) = (self.encode(v) for v in self.views)
+        ssl = cross_view_info_nce(u1, u2, users.unique(), self.tau) \
+            + cross_view_info_nce(i1, i2, pos.unique(), self.tau)  # eq. 9
+        terms["ssl"] = self.ssl_weight * ssl
+        return terms
