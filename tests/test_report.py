@@ -51,6 +51,9 @@ def test_report_of_a_table_without_a_grid_is_a_bar_chart(tmp_path, capsys):
     assert "| micro | default | 2/2 | 0.1000 | – |" in (tmp_path / "rep" / "report.md").read_text()
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "not an experiment output" in capsys.readouterr().err
+    fake_summary(tmp_path / "bad", [{**cell("x"), "mean": None}])
+    assert main(["report", str(tmp_path / "bad")]) == 2
+    assert "cells[0]: missing or malformed mean" in capsys.readouterr().err
 
 
 def test_plot_writes_the_curves_of_a_run_and_train_writes_them_at_the_end(tmp_path, capsys):

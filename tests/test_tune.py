@@ -139,3 +139,14 @@ def test_cli_tune_writes_a_best_config_that_train_takes(tmp_path, capsys):
     best = json.loads((out / "best_trial.json").read_text())
     trained = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
     assert trained["train"]["lr"] == pytest.approx(best["best_options"]["lr"])
+
+
+def test_study_settings_with_tuples_match_after_storage_round_trip(tmp_path):
+    from latticerec.experiment.tune import _check_study
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    settings = {"space": {"cooc_topk": ["choice", (0, 10, 50)]}, "fixed": {"modalities": ("image",)}}
+    _check_study(study, settings, "db")
+    _check_study(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}"), settings, "db")
+    with pytest.raises(Exception, match="other settings \\(fixed\\)"):
+        _check_study(study, {**settings, "fixed": {}}, "db")

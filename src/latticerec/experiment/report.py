@@ -33,6 +33,15 @@ def read_summary(output: str | Path) -> dict:
     if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list) \
             or not isinstance(summary.get("metrics"), list):
         raise LatticeRecError(f"{path}: expected the summary of 'latticerec experiment'")
+    kinds = {"label": str, "dataset": str, "point": str, "grid": dict, "mean": dict, "std": dict,
+             "tests": dict, "seeds": list, "planned_seeds": int}
+    for i, cell in enumerate(summary["cells"]):
+        if not isinstance(cell, dict):
+            raise LatticeRecError(f"{path}: cells[{i}] is not an object")
+        bad = [k for k, kind in kinds.items() if not isinstance(cell.get(k), kind)]
+        if bad or not all(isinstance(cell[d].get(m), float | int | type(None))
+                          for d in ("mean", "std") for m in summary["metrics"]):
+            raise LatticeRecError(f"{path}: cells[{i}]: missing or malformed {', '.join(bad) or 'mean/std'}")
     return summary
 
 

@@ -83,6 +83,7 @@ def fail_dead_trials(storage, study) -> int:
 
 
 def _check_study(study, settings: dict, where: str) -> None:
+    settings = json.loads(json.dumps(settings))  # as stored (tuples become lists)
     saved = study.user_attrs.get("settings")
     if saved is None:
         study.set_user_attr("settings", settings)
