@@ -36,8 +36,12 @@ def test_report_draws_a_sensitivity_line_and_bars_as_png(tmp_path):
     assert list(sensitivity_groups(json.loads((tmp_path / "exp" / "summary.json").read_text()))) == ["knn_k"]
     path = write_report(tmp_path / "exp")
     text = path.read_text()
-    for png in ("sensitivity-knn_k.png", "bars-tiktok.png"):
-        assert (path.parent / png).read_bytes().startswith(PNG) and f"]({png})" in text
+    assert (path.parent / "sensitivity-knn_k.png").read_bytes().startswith(PNG)
+    assert "](sensitivity-knn_k.png)" in text
+    assert not (path.parent / "bars-tiktok.png").exists()  # lightgcn is the figure's dashed line
+    fake_summary(tmp_path / "exp", [*cells, cell("micro", reference="lightgcn")])
+    path = write_report(tmp_path / "exp")
+    assert (path.parent / "bars-tiktok.png").read_bytes().startswith(PNG)
     assert "| lattice | knn_k=20 | 2/2 | 0.1200 ± 0.0100* | lightgcn |" in text
     assert "| lattice | knn_k=5 | 2/2 | 0.1050 ± 0.0100 | lightgcn |" in text
 

@@ -50,7 +50,7 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     if not history:
         return None
     plt = pyplot()
-    fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8))
+    fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
     epochs = [r["epoch"] for r in history]
     terms = sorted({k for r in history for k in r if k.startswith("loss_")})
     total = [sum(r.get(k, 0.0) for k in terms) for r in history]

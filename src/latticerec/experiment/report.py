@@ -70,7 +70,8 @@ def _sensitivity_figure(summary, key: str, cells: list[dict], path: Path) -> Pat
 
     plt = pyplot()
     metrics = summary["metrics"]
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4), squeeze=False,
+                             layout="constrained")
     refs = {(c["label"], c["dataset"]): c for c in summary["cells"]}
     for ax, m in zip(axes[0], metrics, strict=True):
         for (label, dataset) in dict.fromkeys((c["label"], c["dataset"]) for c in cells):
@@ -95,7 +96,7 @@ def _bar_figure(summary, dataset: str, cells: list[dict], path: Path) -> Path:
     metrics = summary["metrics"]
     names = [c["label"] + ("" if c["point"] == "default" else f"\n{c['point']}") for c in cells]
     fig, axes = plt.subplots(1, len(metrics), figsize=(max(4.0, 0.7 * len(cells) + 1.5) * len(metrics), 4.2),
-                             squeeze=False)
+                             squeeze=False, layout="constrained")
     for ax, m in zip(axes[0], metrics, strict=True):
         means = [c["mean"].get(m) if c["mean"].get(m) is not None else math.nan for c in cells]
         errs = [_err(c["std"].get(m)) for c in cells]
@@ -128,9 +129,10 @@ def write_report(output: str | Path, out: str | Path | None = None) -> Path:
     for key, cells in groups.items():
         figures.append(_sensitivity_figure(summary, key, cells, out / f"sensitivity-{_slug(key)}.png"))
     in_lines = {id(c) for cells in groups.values() for c in cells}
+    dashed = {(c["reference"], c["dataset"]) for cells in groups.values() for c in cells}  # drawn already
     for dataset in dict.fromkeys(c["dataset"] for c in summary["cells"]):
         rest = [c for c in summary["cells"] if c["dataset"] == dataset and id(c) not in in_lines
-                and c["mean"]]
+                and (c["label"], dataset) not in dashed]
         if rest:
             figures.append(_bar_figure(summary, dataset, rest, out / f"bars-{_slug(dataset)}.png"))
     text = summary_markdown(summary) + "\n## Figures\n\n" + "".join(
