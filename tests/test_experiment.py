@@ -81,6 +81,8 @@ def test_unknown_options_and_models_are_found_when_planned_naming_file_and_model
     spec = load_spec(path)  # parses: the registry is checked at run time
     with pytest.raises(ConfigError, match="unknown model 'not-registered-yet'"):
         plan(spec, tmp_path / "out")
+    with pytest.raises(ConfigError, match="--set seed"):
+        plan(load_spec(write_spec(tmp_path, TINY, "ok.toml")), tmp_path / "out", extra={"seed": "3"})
     assert main(["experiment", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("latticerec: error: ") and str(path) in err and "Traceback" not in err

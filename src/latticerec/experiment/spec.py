@@ -232,6 +232,8 @@ def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> li
     from latticerec.experiment.runner import RunTask
     from latticerec.train.build import resolve_config
 
+    if "seed" in (extra or {}):
+        raise ConfigError(f"--set seed: the runs' seeds are the spec's 'seeds' list ({spec.path})")
     tasks = []
     for entry, data, point in cells(spec):
         overrides = {**spec.options, **entry.options, **point, **(extra or {})}
