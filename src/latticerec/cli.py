@@ -33,9 +33,11 @@ def _default_out(model: str, data: str) -> Path:
 
 def _train_overrides(args) -> dict:
     from latticerec.config import parse_overrides
+    from latticerec.experiment.optfile import read_options_file
     from latticerec.models.registry import get_model_class
 
-    overrides = parse_overrides([kv for group in args.set or [] for kv in group])
+    overrides = read_options_file(args.config, args.model) if args.config else {}
+    overrides.update(parse_overrides([kv for group in args.set or [] for kv in group]))
     for name in ("epochs", "seed", "protocol"):  # parsed and checked with the config, like --set
         if getattr(args, name) is not None:
             overrides[name] = getattr(args, name)
@@ -107,8 +109,11 @@ def cmd_train(args) -> int:
     print(f"best valid epoch {result['best_epoch']} of {result['epochs_run']} "
           f"({result['train_seconds']:.1f} s training)")
     print(_format_table(result["valid"], result["test"], run.train.topk))
-    print(f"wrote {run_dir.file(RunDir.METRICS)} and per-user test metrics "
-          f"{run_dir.file(RunDir.PER_USER)}")
+    from latticerec.experiment.plots import write_curves
+
+    curves = write_curves(run_dir.path)
+    print(f"wrote {run_dir.file(RunDir.METRICS)}, per-user test metrics {run_dir.file(RunDir.PER_USER)}"
+          + (f" and curves {curves}" if curves else ""))
     if args.export:
         from latticerec.serve.export import export_trained
         from latticerec.train.rundir import TrainedRun
@@ -212,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--epochs", help="maximum number of epochs (default 1000)")
     t.add_argument("--protocol", help="latticerec (default) or released: the released LATTICE/MICRO "
                    "code's training loop as a preset (same as --set protocol=released)")
+    t.add_argument("--config", metavar="FILE", help="options file (JSON/TOML: model, [options]), e.g. "
+                   "the best_config.json of 'latticerec tune'; --set and the flags apply on top")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override a config value (e.g. --set lr=0.001 n_layers=2)")
     t.add_argument("--out", help="run folder (default runs/<model>-<data>-<time>)")
@@ -252,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     from latticerec.datasets.commands import add_data_parser
 
     add_data_parser(sub)
+    from latticerec.experiment.commands import add_experiment_parser
+
+    add_experiment_parser(sub)
     return parser
 
 

@@ -16,6 +16,11 @@ from latticerec.graphs.adjacency import normalized_bipartite_adjacency
 from latticerec.graphs.sparse import constant_spmm
 from latticerec.models.base import ModelInputs, Recommender
 
+# Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
+# high) or ("choice", (values...)); keys are ``--set`` keys (training options such as ``lr`` too).
+EMBEDDING_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-2)}
+GRAPH_SPACE = {**EMBEDDING_SPACE, "n_layers": ("int", 1, 4)}
+
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
@@ -88,6 +93,7 @@ class MF(Backbone):
     """BPR-MF: ``ŷ_ui = x_uᵀ x_i`` on the ID embeddings (Rendle et al., 2009)."""
 
     Config = EmbeddingConfig
+    SEARCH_SPACE = EMBEDDING_SPACE
 
     @classmethod
     def from_inputs(cls, cfg: EmbeddingConfig, inputs: ModelInputs) -> MF:
@@ -102,6 +108,7 @@ class LightGCN(Backbone):
     user-item adjacency, final representation the layer mean ``Σ_l E^(l) / (L + 1)`` (eq. 8)."""
 
     Config = GraphConfig
+    SEARCH_SPACE = GRAPH_SPACE
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, embed_dim: int = 64,
                  n_layers: int = 3, reg: float = 1e-4):
@@ -130,6 +137,7 @@ class NGCF(Backbone):
     L2-normalised; the representation concatenates layers 0..L (width ``d (L + 1)``)."""
 
     Config = NGCFConfig
+    SEARCH_SPACE = {**GRAPH_SPACE, "n_layers": ("int", 1, 3), "mess_dropout": ("float", 0.0, 0.5)}
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, embed_dim: int = 64,
                  n_layers: int = 3, reg: float = 1e-4, mess_dropout: float = 0.1):

@@ -19,7 +19,7 @@ import torch
 
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.options import FeatureAblations, Structure
+from latticerec.models.options import STRUCTURE_SPACE, FeatureAblations, Structure
 from latticerec.models.structure import LatentStructure, StructureModel, build_structure
 
 
@@ -34,6 +34,7 @@ class Lattice(StructureModel):
     """LATTICE wrapped around a backbone (composition: any :class:`Backbone` works)."""
 
     Config = LatticeConfig
+    SEARCH_SPACE = STRUCTURE_SPACE
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
                  cf_feats: bool = False, feats_input: bool = False):

@@ -35,7 +35,7 @@ from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
 from latticerec.models.losses import info_nce, orthogonality_loss
-from latticerec.models.options import LATTICE_LAMBDA, FeatureAblations, Structure
+from latticerec.models.options import LATTICE_LAMBDA, STRUCTURE_SPACE, FeatureAblations, Structure
 from latticerec.models.structure import LatentStructure, StructureModel, add_item_signal, build_structure
 
 MICRO_LAMBDA = 0.7  # λ of eq. 5 with fusion (paper, section 4.1.4)
@@ -129,6 +129,8 @@ class Micro(StructureModel):
     """
 
     Config = MicroConfig
+    SEARCH_SPACE = {**STRUCTURE_SPACE, "tau": ("float", 0.1, 1.0), "beta_c": ("log", 1e-3, 1.0),
+                    "beta_s": ("log", 1e-3, 1.0)}
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, train: torch.Tensor,
                  item_layers: int = 1, cf_feats: bool = False, feats_input: bool = False,

@@ -59,7 +59,7 @@ from latticerec.graphs.knn import weighted_spmm
 from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
-from latticerec.models.options import FeatureFusion, Structure
+from latticerec.models.options import STRUCTURE_SPACE, FeatureFusion, Structure
 from latticerec.models.structure import LatentStructure, StructureModel, feature_modalities, propagate_items
 
 FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
@@ -117,6 +117,7 @@ class MMGEF(StructureModel):
     """MM-GEF wrapped around a backbone (composition: any :class:`Backbone` works)."""
 
     Config = MMGEFConfig
+    SEARCH_SPACE = {**STRUCTURE_SPACE, "cooc_topk": ("choice", (0, 10, 50))}
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
                  item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False,

@@ -242,8 +242,9 @@ class _Loop:
                                 **self.extra})
 
     # -- finish ----------------------------------------------------------------------------------
-    def finish(self) -> dict:
-        """Test metrics of the best-valid weights (and, in a run folder, per user)."""
+    def finish(self, test: bool = True) -> dict:
+        """Test metrics of the best-valid weights (and, in a run folder, per user); with
+        ``test=False`` (tuning) the test split is not read and ``"test"`` is empty."""
         state = self.state
         if not self.trainable:  # nothing to train (``cb``): evaluated as built
             self.model.eval()
@@ -252,9 +253,9 @@ class _Loop:
             if self.run_dir is not None:
                 self._save_best()
         self.model.load_state_dict(self.best_weights)
-        test, per_user = evaluate_split(self.model, self.dataset, "test", self.cfg,
-                                        progress=self.progress, per_user=True)
-        if self.run_dir is not None:
+        test, per_user = evaluate_split(self.model, self.dataset, "test", self.cfg, progress=self.progress,
+                                        per_user=True) if test else ({}, None)
+        if self.run_dir is not None and per_user is not None:
             users = per_user.pop("users")
             self.run_dir.write_per_user(users, per_user, state.best_epoch)
         return {
@@ -270,21 +271,22 @@ class _Loop:
 
 def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | RunDir | None = None,
         resume: bool = False, extra: dict | None = None, log=print, progress: bool = True, *,
-        overwrite: bool = False) -> dict:
+        overwrite: bool = False, on_evaluate=None, test: bool = True) -> dict:
     """Train ``model`` on ``dataset.train``; returns a result dict (valid and test metrics at the best
     valid epoch). With ``out_dir`` (a path or :class:`RunDir`, locked for the whole call) a checkpoint
     is written at every evaluation, the best weights at every improvement and the per-user test
     metrics at the end; ``resume=True`` continues from its checkpoint. A folder that already holds a
-    trained run is refused unless ``resume`` or ``overwrite``."""
+    trained run is refused unless ``resume`` or ``overwrite``. ``on_evaluate(epoch, valid_metrics)`` is
+    called after each validation (a tuner reports to its pruner there); ``test=False``: see ``finish``."""
     run_dir = as_run_dir(out_dir)
     if run_dir is None:
-        return _fit(model, dataset, cfg, None, resume, extra, log, progress)
+        return _fit(model, dataset, cfg, None, resume, extra, log, progress, on_evaluate, test)
     with run_dir.lock():
         run_dir.prepare(resume, overwrite, names=RunDir.TRAINING_FILES)
-        return _fit(model, dataset, cfg, run_dir, resume, extra, log, progress)
+        return _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, on_evaluate, test)
 
 
-def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress) -> dict:
+def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, on_evaluate=None, test=True) -> dict:
     seed_everything(cfg.seed)
     loop = _Loop(model, dataset, cfg, run_dir, extra, progress)
     if resume:
@@ -297,8 +299,10 @@ def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress) -> dict:
             valid = loop.evaluate_and_checkpoint(record)
             bar.set_postfix(loss=f"{sum(v for k, v in record.items() if k.startswith('loss_')):.4f}",
                             r20=f"{valid['recall@20']:.4f}", best=f"{loop.state.best_recall:.4f}")
+            if on_evaluate is not None:
+                on_evaluate(loop.state.epoch, valid)
         else:
             loop.state.history.append(record)
         bar.update(1)
     bar.close()
-    return loop.finish()
+    return loop.finish(test)

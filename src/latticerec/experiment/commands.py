@@ -1,0 +1,127 @@
+"""``latticerec experiment``, ``report``, ``tune`` and ``plot``: the research workbench commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from latticerec.errors import LatticeRecError
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _set_options(groups) -> dict:
+    from latticerec.config import parse_overrides
+
+    return parse_overrides([kv for group in groups or [] for kv in group])
+
+
+def cmd_experiment(args) -> int:
+    from latticerec.experiment.results import write_results
+    from latticerec.experiment.runner import run_tasks
+    from latticerec.experiment.spec import load_spec, plan
+
+    spec = load_spec(args.spec)
+    out = Path(args.out or Path("runs") / "experiments" / spec.name)
+    tasks = plan(spec, out, extra=_set_options(args.set))
+    print(f"experiment {spec.name}: {len(tasks)} runs into {out} ({args.jobs} at a time)", file=sys.stderr)
+    outcomes = run_tasks(tasks, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
+                         log=lambda m: print(m, file=sys.stderr))
+    written = write_results(spec, tasks, out)
+    print(f"wrote {written['csv']} and {written['summary']}")
+    failed = [o for o in outcomes if o["state"] == "failed"]
+    if failed:
+        raise LatticeRecError(f"{len(failed)} of {len(tasks)} runs failed (rerun the command to retry "
+                              f"them): " + "; ".join(f"{o['run_dir']}: {o['error']}" for o in failed))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from latticerec.experiment.report import write_report
+
+    path = write_report(args.output, args.out)
+    print(f"wrote {path} and its figures")
+    return 0
+
+
+def cmd_tune(args) -> int:
+    from latticerec.experiment.tune import tune
+
+    out = Path(args.out or Path("runs") / f"tune-{args.model}-{Path(args.data).name}")
+    record = tune(args.model, args.data, args.trials, out, storage=args.storage,
+                  study_name=args.study_name, metric=args.metric, epochs=args.epochs,
+                  fixed=_set_options(args.set), seed=args.seed, warmup=args.warmup, device=args.device,
+                  cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+    print(f"best trial {record['best_trial']} of {sum(record['trials'].values())}: valid "
+          f"{record['metric']} {record['best_valid']:.4f}; its test metrics (read once, now): "
+          + ", ".join(f"{k} {record['test'][k]:.4f}" for k in ("recall@20", "ndcg@20")))
+    print(f"wrote {out / 'best_config.json'} (train it: latticerec train --model {args.model} --config "
+          f"{out / 'best_config.json'}) and {out / 'best_trial.json'}")
+    return 0
+
+
+def cmd_plot(args) -> int:
+    from latticerec.experiment.plots import write_curves
+
+    path = write_curves(args.run, args.out)
+    print(f"wrote {path}" if path else f"{args.run}: no epochs to plot (nothing was trained)")
+    return 0
+
+
+def _common(p) -> None:
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--cache-dir", help="where initial kNN graphs are cached "
+                   "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")
+
+
+def add_experiment_parser(sub) -> None:
+    """Register the workbench commands on the CLI's sub-command parser."""
+    e = sub.add_parser("experiment", help="run an experiment spec (models x datasets x seeds x options): "
+                       "results.csv, summary.md with paired tests against a reference model")
+    e.add_argument("spec", metavar="SPEC.toml", help="experiment spec (configs/experiments/*.toml)")
+    e.add_argument("--jobs", type=_positive, default=1, help="runs trained at once (processes)")
+    e.add_argument("--out", help="output folder (default runs/experiments/<spec name>)")
+    e.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="override an option of every run (e.g. --set epochs=30); changes the runs' "
+                   "configs, so give a new --out")
+    _common(e)
+    e.set_defaults(func=cmd_experiment)
+
+    r = sub.add_parser("report", help="markdown tables and PNG figures of a finished experiment")
+    r.add_argument("output", metavar="SPEC_OUTPUT", help="the experiment's output folder")
+    r.add_argument("--out", help="report folder (default SPEC_OUTPUT/report)")
+    r.set_defaults(func=cmd_report)
+
+    t = sub.add_parser("tune", help="tune a model's options with optuna on the validation split "
+                       "(never test); write the best config for 'train --config'")
+    t.add_argument("--model", required=True)
+    t.add_argument("--data", required=True, help="dataset folder or 'synthetic'")
+    t.add_argument("--trials", type=_positive, required=True, help="trials the study should hold "
+                   "(finished or pruned; a resumed study runs only the missing ones)")
+    t.add_argument("--storage", help="optuna storage URL (default sqlite:///OUT/study.db)")
+    t.add_argument("--study-name", help="default <model>-<data folder name>")
+    t.add_argument("--out", help="folder of the trials' runs and the best config "
+                   "(default runs/tune-<model>-<data>)")
+    t.add_argument("--metric", default="recall@20", help="objective: valid recall@20 or ndcg@20")
+    t.add_argument("--epochs", type=_positive, default=50, help="epoch cap of each trial (default 50)")
+    t.add_argument("--seed", type=int, default=2024, help="seed of the sampler and of every trial")
+    t.add_argument("--warmup", type=int, default=5, help="epochs before the median pruner may stop a "
+                   "trial (default 5)")
+    t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
+                   help="fixed options of every trial (not tuned)")
+    _common(t)
+    t.set_defaults(func=cmd_tune)
+
+    p = sub.add_parser("plot", help="loss and validation curves of a run as PNG (RUN/curves.png)")
+    p.add_argument("--run", required=True, help="run folder")
+    p.add_argument("--out", help="PNG file (default RUN/curves.png)")
+    p.set_defaults(func=cmd_plot)

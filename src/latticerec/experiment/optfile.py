@@ -1,0 +1,62 @@
+"""Option files: the options of one model, as ``latticerec train --config FILE`` reads them and
+``latticerec tune`` writes its best trial.
+
+A file is JSON (``.json``) or TOML (``.toml``) with two keys::
+
+    model = "lattice"              # optional; must match --model when given
+    [options]                      # --set keys, typed values
+    lr = 0.0005
+    knn_k = 10
+    modalities = ["image", "audio"]
+
+Any other top-level key, and any option the model does not have, is an error naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from latticerec.errors import ConfigError
+from latticerec.io import atomic_write_json
+
+FILE_KEYS = ("model", "options")
+
+
+def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
+    """The ``options`` of ``path`` for ``model``, checked against the model's configs (an unknown
+    key or a bad value is a :class:`ConfigError` that names the file)."""
+    from latticerec.train.build import resolve_config
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, TOMLDecodeError
+        raise ConfigError(f"--config {path}: unreadable ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected an object with 'model' and 'options'")
+    unknown = sorted(set(data) - set(FILE_KEYS))
+    if unknown:
+        raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FILE_KEYS)}")
+    if "model" in data and data["model"] != model:
+        raise ConfigError(f"{path}: written for model {data['model']!r}, not --model {model!r}")
+    options = data.get("options", {})
+    if not isinstance(options, dict):
+        raise ConfigError(f"{path}: 'options' must be a table of option = value")
+    try:
+        resolve_config(model, options)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    return dict(options)
+
+
+def write_options_file(path: str | Path, model: str, options: dict[str, Any]) -> Path:
+    """Write ``{"model": model, "options": options}`` as JSON, atomically."""
+    path = Path(path)
+    atomic_write_json(path, {"model": model, "options": options})
+    return path

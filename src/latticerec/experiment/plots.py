@@ -1,0 +1,72 @@
+"""Figures with matplotlib's Agg backend (PNG files, no display needed): a run's training curves.
+
+:func:`write_curves` draws, from ``metrics.json``'s ``history``, the training loss per epoch (the
+total and each term: ``bpr``, ``reg``, ...) and the validation Recall@20 and NDCG@20 at each
+evaluation, with the best-validation epoch marked.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from latticerec.errors import LatticeRecError
+
+CURVES = "curves.png"
+
+
+def pyplot():
+    """``matplotlib.pyplot`` on the Agg backend (never a window, works without a display)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, path: Path) -> Path:
+    """Save ``fig`` as PNG atomically and close it."""
+    import io
+
+    from latticerec.io import atomic_write_bytes
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    pyplot().close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return path
+
+
+def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
+    """``RUN/curves.png`` (or ``out``) from the run's history; ``None`` when the run has no epochs
+    (a model with nothing to train)."""
+    from latticerec.train.rundir import RunDir
+
+    run_dir = RunDir(run)
+    metrics = run_dir.read_metrics()
+    history = metrics.get("history")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r for r in history):
+        raise LatticeRecError(f"{run_dir.file(run_dir.METRICS)}: no valid 'history' list")
+    if not history:
+        return None
+    plt = pyplot()
+    fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
+    epochs = [r["epoch"] for r in history]
+    terms = sorted({k for r in history for k in r if k.startswith("loss_")})
+    total = [sum(r.get(k, 0.0) for k in terms) for r in history]
+    ax_loss.plot(epochs, total, label="total", color="black")
+    if len(terms) > 1:
+        for k in terms:
+            ax_loss.plot(epochs, [r.get(k, float("nan")) for r in history], label=k[5:], lw=1)
+    ax_loss.set(xlabel="epoch", ylabel="training loss (mean per batch)", title="loss")
+    ax_loss.legend(fontsize=8)
+    evals = [r for r in history if "valid_recall@20" in r]
+    for key in ("valid_recall@20", "valid_ndcg@20"):
+        ax_valid.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker=".", label=key[6:])
+    best = metrics.get("best_epoch")
+    if isinstance(best, int) and best > 0:
+        ax_valid.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")
+    ax_valid.set(xlabel="epoch", ylabel="validation metric", title="validation")
+    ax_valid.legend(fontsize=8)
+    fig.suptitle(f"{metrics.get('model', '?')} on {Path(str(metrics.get('data', '?'))).name}")
+    return save(fig, Path(out) if out else run_dir.file(CURVES))

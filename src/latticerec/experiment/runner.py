@@ -1,0 +1,159 @@
+"""Run an experiment's grid: one run folder per (cell, seed), finished runs skipped, cut runs resumed.
+
+A run folder (:class:`~latticerec.train.rundir.RunDir`) is in one of four states:
+
+* **empty** (no ``config.json``): trained from scratch;
+* **finished** (``metrics.json`` and ``per_user.npz``): skipped, after checking that its
+  ``config.json`` is the planned run (same model, data and options), so an interrupted grid resumes;
+* **cut** (``config.json`` but no ``metrics.json``; the process was killed): continued from its
+  ``checkpoint.pt`` exactly as ``latticerec train --resume`` would (same weights, optimiser, sampler
+  state and history), or trained again from scratch when it was killed before its first evaluation
+  (no checkpoint yet);
+* **foreign** (a ``config.json`` of another run): an error naming the folder; it is never overwritten.
+
+``jobs > 1`` runs the runs in a pool of ``jobs`` worker processes (``spawn``: each worker imports
+torch once and trains run after run); each worker gets ``max(1, cores // jobs)`` torch threads.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latticerec.errors import LatticeRecError, RunError
+
+
+@dataclass(frozen=True)
+class RunTask:
+    """One run of a grid: ``model`` (registry name) on ``data`` with ``overrides`` into ``run_dir``."""
+
+    label: str
+    model: str
+    data: str
+    seed: int
+    grid: dict[str, Any] = field(default_factory=dict)
+    overrides: dict[str, Any] = field(default_factory=dict)
+    run_dir: str = ""
+
+
+def data_spec(data: str) -> str:
+    """What a run's ``config.json`` records as its data: ``synthetic`` or the absolute folder."""
+    return data if data == "synthetic" else str(Path(data).resolve())
+
+
+def flat_options(config: dict) -> dict[str, Any]:
+    """A saved run config (``RunConfig.to_dict()``) as one flat ``--set`` key -> value mapping."""
+    return {k: v for part in ("train", "backbone_config", "model_config")
+            for k, v in (config.get(part) or {}).items()}
+
+
+@functools.lru_cache(maxsize=2)
+def load_data(spec: str):
+    """The dataset ``spec`` (cached: a worker trains many runs on one dataset)."""
+    from latticerec.data.readers import load_dataset
+
+    return load_dataset(spec)
+
+
+def run_state(run_dir, expected: dict) -> str:
+    """``"empty"``, ``"finished"`` or ``"cut"`` (see module); a :class:`RunError` for a folder that
+    holds another run. ``expected`` is ``{"model", "data", "config"}`` of the planned run."""
+    if not run_dir.has_config():
+        if run_dir.existing(run_dir.TRAINING_FILES):
+            raise RunError(f"{run_dir.path}: holds run files but no config.json; not a run of this "
+                           "experiment (move it away or give another --out)")
+        return "empty"
+    saved = run_dir.read_config()
+    if any(saved.get(k) != v for k, v in expected.items()):
+        raise RunError(f"{run_dir.path}: holds a run with other options, model or data than the spec "
+                       "asks for now; give another --out (a run folder is never overwritten)")
+    done = run_dir.file(run_dir.METRICS).exists() and run_dir.file(run_dir.PER_USER).exists()
+    return "finished" if done else "cut"
+
+
+def train_into(model_name: str, data: str, overrides: dict, out, *, device: str = "cpu",
+               cache_dir: str | None = None, on_evaluate=None, test: bool = True,
+               log=None) -> tuple[str, dict | None]:
+    """Train ``model_name`` on ``data`` into the run folder ``out`` (see :func:`run_state`); returns
+    ``(state before, metrics.json content or None when skipped)``. ``on_evaluate`` and ``test``
+    are :func:`~latticerec.train.trainer.fit`'s."""
+    from latticerec.graphs.cache import KnnGraphCache
+    from latticerec.train.build import build_model, resolve_config, resolve_device
+    from latticerec.train.rundir import RunDir
+    from latticerec.train.trainer import fit
+
+    run = resolve_config(model_name, overrides)
+    run_dir = RunDir(out)
+    spec = data_spec(data)
+    with run_dir.lock():
+        state = run_state(run_dir, {"model": model_name, "data": spec, "config": run.to_dict()})
+        if state == "finished":
+            return state, None
+        dataset = load_data(spec)
+        model = build_model(run, dataset, resolve_device(device), KnnGraphCache(cache_dir))
+        data_hash = dataset.content_hash()
+        run_dir.write_config({"model": model_name, "data": spec, "config": run.to_dict(),
+                              "dataset_hash": data_hash})
+        resume = state == "cut" and run_dir.has_checkpoint()
+        result = fit(model, dataset, run.train, out_dir=run_dir, resume=resume, progress=False,
+                     log=log or (lambda m: print(m, file=sys.stderr)), on_evaluate=on_evaluate,
+                     test=test, overwrite=state == "cut" and not resume)
+        metrics = {"model": model_name, "data": spec, **{k: v for k, v in result.items() if k != "history"},
+                   "config": run.to_dict(), "dataset": dataset.summary(), "dataset_hash": data_hash,
+                   "history": result["history"]}
+        run_dir.write_metrics(metrics)
+    return ("resumed" if resume else state), metrics
+
+
+def run_task(task: RunTask, device: str = "cpu", cache_dir: str | None = None) -> dict:
+    """Train one grid run; ``{"run_dir", "state", "seconds"}`` (``state``: finished = skipped)."""
+    start = time.perf_counter()
+    state, _ = train_into(task.model, task.data, task.overrides, task.run_dir, device=device,
+                          cache_dir=cache_dir)
+    return {"run_dir": task.run_dir, "state": state, "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _worker_init(threads: int) -> None:
+    import torch
+
+    torch.set_num_threads(threads)
+
+
+def _run_task_safe(task: RunTask, device: str, cache_dir: str | None) -> dict:
+    try:
+        return run_task(task, device, cache_dir)
+    except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
+        return {"run_dir": task.run_dir, "state": "failed", "error": str(exc)}
+
+
+def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
+              log=print) -> list[dict]:
+    """Run ``tasks`` (``jobs`` at a time); a failed run is reported and the others go on. Returns one
+    outcome per task (``state``: empty / cut / resumed / finished / failed)."""
+    outcomes = []
+
+    def note(i: int, out: dict) -> None:
+        outcomes.append(out)
+        what = {"finished": "already finished, skipped", "failed": f"FAILED: {out.get('error')}",
+                "resumed": "resumed from its checkpoint"}.get(out["state"], "trained")
+        log(f"[{len(outcomes)}/{len(tasks)}] {tasks[i].run_dir}: {what}")
+
+    if jobs <= 1:
+        for i, task in enumerate(tasks):
+            note(i, _run_task_safe(task, device, cache_dir))
+        return outcomes
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_worker_init, initargs=(threads,)) as pool:
+        futures = {pool.submit(_run_task_safe, t, device, cache_dir): i for i, t in enumerate(tasks)}
+        for fut in as_completed(futures):
+            note(futures[fut], fut.result())
+    return outcomes

@@ -1,0 +1,257 @@
+"""Experiment specs: a TOML file naming a grid of models x datasets x seeds x option values.
+
+::
+
+    name = "lattice-k"                      # optional (default: the file's stem)
+    description = "LATTICE sensitivity to k"
+    datasets = ["../shared/data/tiktok"]    # folders (relative to the current directory) or "synthetic"
+    seeds = [0, 1, 2]
+    reference = "lightgcn"                  # optional: the label every cell is tested against
+    metrics = ["recall@20", "ndcg@20"]      # test metrics summarised and tested (default these two)
+    alpha = 0.05                            # significance level of the paired tests
+
+    [options]                               # every run (any --set key)
+    epochs = 200
+
+    [grid]                                  # every model: the cartesian product of the values
+    item_layers = [1, 2]
+
+    [[models]]
+    label = "lightgcn"                      # unique; the run folders' and tables' name
+    model = "lightgcn"                      # registry name (default: the label)
+
+    [[models]]
+    label = "lattice"
+    model = "lattice"
+    reference = "lightgcn"                  # optional: this model's own reference ("" for none)
+    options = { backbone = "lightgcn" }
+    grid = { knn_k = [5, 10, 20] }          # this model only, crossed with the global grid
+
+Unknown keys, wrong types and bad values are errors naming the file (and the model table); model
+names and options are checked against the registry when the grid is planned (:func:`plan`, at run
+time), so a spec may name models that a later version registers.
+
+A cell is (label, dataset, grid point); its runs are its seeds, in
+``OUT/runs/<label>/<dataset>/<grid point>/seed-<s>``. The reference cell of a cell is the reference
+label's cell on the same dataset at the same global grid point (so the reference model has no
+grid of its own).
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from latticerec.errors import ConfigError
+
+TOP_KEYS = ("name", "description", "datasets", "seeds", "reference", "metrics", "alpha", "options",
+            "grid", "models")
+MODEL_KEYS = ("label", "model", "reference", "options", "grid")
+RESERVED = ("seed",)  # set by the spec's seeds, not as an option
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
+_METRIC = re.compile(r"(recall|precision|ndcg|hit)@[0-9]+")
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    label: str
+    model: str
+    reference: str | None = None  # None: the spec's reference
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ExperimentSpec:
+    path: str
+    name: str
+    datasets: tuple[str, ...]
+    seeds: tuple[int, ...]
+    models: tuple[ModelEntry, ...]
+    description: str = ""
+    reference: str | None = None
+    metrics: tuple[str, ...] = ("recall@20", "ndcg@20")
+    alpha: float = 0.05
+    options: dict[str, Any] = field(default_factory=dict)
+    grid: dict[str, list] = field(default_factory=dict)
+
+    def reference_of(self, label: str) -> str | None:
+        """The label ``label``'s cells are tested against (``None``: none, or itself)."""
+        entry = next(m for m in self.models if m.label == label)
+        ref = self.reference if entry.reference is None else (entry.reference or None)
+        return None if ref == label else ref
+
+
+def _fail(path, where: str, msg: str):
+    raise ConfigError(f"{path}: {where}{': ' if where else ''}{msg}")
+
+
+def _check_keys(path, where: str, table: dict, allowed: tuple[str, ...]) -> None:
+    unknown = sorted(set(table) - set(allowed))
+    if unknown:
+        _fail(path, where, f"unknown key(s) {', '.join(map(repr, unknown))}; "
+              f"valid keys: {', '.join(allowed)}")
+
+
+def _string_list(path, where: str, value, name: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        _fail(path, where, f"{name} must be a non-empty list of strings, got {value!r}")
+    if len(set(value)) != len(value):
+        _fail(path, where, f"{name} lists a value twice: {value!r}")
+    return tuple(value)
+
+
+def _options(path, where: str, value, name: str) -> dict:
+    if not isinstance(value, dict):
+        _fail(path, where, f"[{name}] must be a table of option = value")
+    for key, v in value.items():
+        if key in RESERVED:
+            _fail(path, where, f"{name}.{key}: set seeds with the top-level 'seeds' list")
+        if isinstance(v, dict):
+            _fail(path, where, f"{name}.{key}: expected a value or a list, got a table")
+    return dict(value)
+
+
+def _grid(path, where: str, value, name: str) -> dict:
+    grid = _options(path, where, value, name)
+    for key, values in grid.items():
+        if not isinstance(values, list) or not values:
+            _fail(path, where, f"{name}.{key}: expected a non-empty list of values, got {values!r}")
+        if len({repr(v) for v in values}) != len(values):
+            _fail(path, where, f"{name}.{key}: lists a value twice")
+    return grid
+
+
+def _model(path, i: int, table) -> ModelEntry:
+    if not isinstance(table, dict):
+        _fail(path, f"models[{i}]", "expected a table ([[models]])")
+    hint = table.get("label", table.get("model"))
+    where = f"models[{i}]" + (f" ({hint})" if isinstance(hint, str) else "")
+    _check_keys(path, where, table, MODEL_KEYS)
+    label = table.get("label", table.get("model"))
+    if not isinstance(label, str) or not _LABEL.fullmatch(label):
+        _fail(path, where, f"label {label!r}: letters, digits and _ . + - (give 'label' or 'model')")
+    model = table.get("model", label)
+    if not isinstance(model, str) or not model:
+        _fail(path, where, f"model must be a registry name, got {model!r}")
+    ref = table.get("reference")
+    if ref is not None and not isinstance(ref, str):
+        _fail(path, where, f"reference must be a label or \"\", got {ref!r}")
+    return ModelEntry(label=label, model=model, reference=ref,
+                      options=_options(path, where, table.get("options", {}), "options"),
+                      grid=_grid(path, where, table.get("grid", {}), "grid"))
+
+
+def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
+    """An :class:`ExperimentSpec` from the parsed TOML ``data`` (errors name ``path``)."""
+    path = str(path)
+    _check_keys(path, "", data, TOP_KEYS)
+    for key in ("datasets", "seeds", "models"):
+        if key not in data:
+            _fail(path, "", f"missing {key!r}")
+    datasets = _string_list(path, "", data["datasets"], "datasets")
+    names = [Path(d).name for d in datasets]
+    if len(set(names)) != len(names):
+        _fail(path, "", f"datasets {list(datasets)}: two folders have one name (the run folders use it)")
+    seeds = data["seeds"]
+    if not isinstance(seeds, list) or not seeds or len(set(seeds)) != len(seeds) or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s < 2**32 for s in seeds):
+        _fail(path, "", f"seeds must be a non-empty list of distinct integers in [0, 2**32), got {seeds!r}")
+    metrics = _string_list(path, "", data.get("metrics", ["recall@20", "ndcg@20"]), "metrics")
+    bad = [m for m in metrics if not _METRIC.fullmatch(m)]
+    if bad:
+        _fail(path, "", f"metrics {bad}: expected recall@K, precision@K, ndcg@K or hit@K")
+    alpha = data.get("alpha", 0.05)
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        _fail(path, "", f"alpha must be a number in (0, 1), got {alpha!r}")
+    for key in ("name", "description", "reference"):
+        if key in data and not isinstance(data[key], str):
+            _fail(path, "", f"{key} must be a string, got {data[key]!r}")
+    name = data.get("name", Path(path).stem)
+    if not _LABEL.fullmatch(name):
+        _fail(path, "", f"name {name!r}: letters, digits and _ . + -")
+    if not isinstance(data["models"], list) or not data["models"]:
+        _fail(path, "", "models must be a non-empty list of [[models]] tables")
+    models = tuple(_model(path, i, t) for i, t in enumerate(data["models"]))
+    labels = [m.label for m in models]
+    if len(set(labels)) != len(labels):
+        _fail(path, "", f"model labels must be unique, got {labels}")
+    spec = ExperimentSpec(path=path, name=name, datasets=datasets, seeds=tuple(seeds), models=models,
+                          description=data.get("description", ""), reference=data.get("reference") or None,
+                          metrics=metrics, alpha=float(alpha),
+                          options=_options(path, "", data.get("options", {}), "options"),
+                          grid=_grid(path, "", data.get("grid", {}), "grid"))
+    for m in models:
+        ref = spec.reference_of(m.label)
+        if ref is not None and ref not in labels:
+            _fail(path, f"models ({m.label})", f"reference {ref!r} is not a model label "
+                  f"({', '.join(labels)})")
+        both = sorted(set(m.grid) & set(spec.grid))
+        if both:
+            _fail(path, f"models ({m.label})", f"grid key(s) {', '.join(both)} also in the global [grid]")
+        if ref is not None and next(e for e in models if e.label == ref).grid:
+            _fail(path, f"models ({ref})", "a reference model cannot have a grid of its own (its cells "
+                  "are matched to the others' by dataset and global grid point)")
+    return spec
+
+
+def load_spec(path: str | Path) -> ExperimentSpec:
+    """Read and check the spec file ``path``."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such experiment spec") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: not a readable TOML spec ({exc})") from None
+    return parse_spec(data, path)
+
+
+def grid_points(grid: dict[str, list]) -> list[dict[str, Any]]:
+    """The cartesian product of ``grid`` (``[{}]`` for no grid), in the file's order."""
+    keys = list(grid)
+    return [dict(zip(keys, values, strict=True)) for values in itertools.product(*(grid[k] for k in keys))]
+
+
+def point_name(point: dict[str, Any]) -> str:
+    """A grid point as a folder name: ``knn_k=5,lambda_coeff=0.5`` (``default`` for none)."""
+    if not point:
+        return "default"
+    text = ",".join(f"{k}={'+'.join(map(str, v)) if isinstance(v, list) else v}" for k, v in point.items())
+    return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
+
+
+def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> list:
+    """Every run of ``spec`` as a :class:`~latticerec.experiment.runner.RunTask` (folders under
+    ``out``), each config resolved against the registry now (errors name the spec file and the model).
+    ``extra``: options set on every run on top of the spec (``--set``)."""
+    from latticerec.experiment.runner import RunTask
+    from latticerec.train.build import resolve_config
+
+    if "seed" in (extra or {}):
+        raise ConfigError(f"--set seed: the runs' seeds are the spec's 'seeds' list ({spec.path})")
+    tasks = []
+    for entry, data, point in cells(spec):
+        overrides = {**spec.options, **entry.options, **point, **(extra or {})}
+        try:
+            resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.path}: models ({entry.label}), {point_name(point)}: {exc}") from None
+        cell_dir = Path(out) / "runs" / entry.label / Path(data).name / point_name(point)
+        tasks += [RunTask(label=entry.label, model=entry.model, data=data, seed=seed, grid=point,
+                          overrides={**overrides, "seed": seed}, run_dir=str(cell_dir / f"seed-{seed}"))
+                  for seed in spec.seeds]
+    return tasks
+
+
+def cells(spec: ExperimentSpec):
+    """``(model entry, dataset, grid point)`` of every cell, in the spec's order."""
+    for entry in spec.models:
+        for data in spec.datasets:
+            for g_point in grid_points(spec.grid):
+                for m_point in grid_points(entry.grid):
+                    yield entry, data, {**g_point, **m_point}

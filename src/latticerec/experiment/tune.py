@@ -1,0 +1,192 @@
+"""Hyper-parameter tuning with optuna on the validation split only.
+
+Each trial samples the model's search space (``SEARCH_SPACE`` next to the model class, e.g.
+:data:`latticerec.models.options.STRUCTURE_SPACE`) with the TPE sampler (Bergstra et al., 2011),
+trains into its own run folder ``OUT/trials/trial-NNNN`` and reports the validation metric after
+every evaluation; the median pruner stops a trial whose value at an epoch is below the median of
+the earlier trials at that epoch. The objective is the validation metric (``recall@20`` or
+``ndcg@20``) of the best-validation epoch; the training loop runs with ``test=False``, so the test
+split is not read by any trial. Only when the study is done are the best trial's saved weights
+evaluated on the test split, once, and reported.
+
+A study in SQLite (``--storage sqlite:///study.db``, by default ``OUT/study.db``) resumes: the
+trials already finished or pruned count towards ``--trials``; a trial left running by a killed
+process (its process id is gone) is marked failed and replaced.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from latticerec.errors import ConfigError, LatticeRecError
+from latticerec.io import atomic_write_json
+
+OBJECTIVES = ("recall@20", "ndcg@20")
+
+
+def search_space(model: str) -> dict[str, tuple]:
+    """The ``SEARCH_SPACE`` declared on the model class, checked."""
+    from latticerec.models.registry import get_model_class
+
+    space = getattr(get_model_class(model), "SEARCH_SPACE", None)
+    if not space:
+        raise ConfigError(f"model {model!r} declares no SEARCH_SPACE to tune")
+    for key, spec in space.items():
+        kind = spec[0] if isinstance(spec, tuple) and spec else None
+        ok = (kind in ("log", "float", "int") and len(spec) == 3 and spec[1] < spec[2]
+              and (kind != "log" or spec[1] > 0)) or (kind == "choice" and len(spec) == 2 and spec[1])
+        if not ok:
+            raise ConfigError(f"{model}.SEARCH_SPACE[{key!r}]: malformed {spec!r}")
+    return dict(space)
+
+
+def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
+    """One value per option of ``space`` from the optuna ``trial``."""
+    out = {}
+    for key, (kind, *args) in space.items():
+        if kind == "int":
+            out[key] = trial.suggest_int(key, args[0], args[1])
+        elif kind == "choice":
+            out[key] = trial.suggest_categorical(key, list(args[0]))
+        else:
+            out[key] = trial.suggest_float(key, args[0], args[1], log=kind == "log")
+    return out
+
+
+def _owner() -> str:
+    return f"{os.getpid()} {socket.gethostname()}"
+
+
+def fail_dead_trials(storage, study) -> int:
+    """Mark the study's running trials whose process (same host) is gone as failed; their number."""
+    import optuna
+
+    n = 0
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        pid, _, host = str(t.user_attrs.get("owner", "")).partition(" ")
+        if host != socket.gethostname() or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        n += 1
+    return n
+
+
+def _check_study(study, settings: dict, where: str) -> None:
+    settings = json.loads(json.dumps(settings))  # as stored (tuples become lists)
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+    elif saved != settings:
+        diff = sorted(k for k in settings if saved.get(k) != settings[k])
+        raise LatticeRecError(f"{where}: study {study.study_name!r} was run with other settings "
+                              f"({', '.join(diff)}); give another --study-name or the same options")
+
+
+def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | None = None,
+         study_name: str | None = None, metric: str = "recall@20", epochs: int = 50,
+         fixed: dict | None = None, seed: int = 2024, warmup: int = 5, device: str = "cpu",
+         cache_dir: str | None = None, evaluate_test: bool = True, log=print) -> dict:
+    """Run (or resume) the study until it has ``trials`` finished or pruned trials; write
+    ``OUT/best_config.json`` (for ``train --config``) and ``OUT/best_trial.json``; return the latter."""
+    import optuna
+
+    from latticerec.experiment.optfile import write_options_file
+    from latticerec.experiment.runner import data_spec, flat_options, train_into
+    from latticerec.train.build import resolve_config
+
+    if metric not in OBJECTIVES:
+        raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(OBJECTIVES)}")
+    out = Path(out)
+    space = search_space(model)
+    fixed = dict(fixed or {})
+    clash = sorted(set(fixed) & (set(space) | {"epochs", "seed"}))
+    if clash:
+        raise ConfigError(f"--set {', '.join(clash)}: tuned by the study (or --epochs/--seed)")
+    resolved = resolve_config(model, {**fixed, "epochs": epochs, "seed": seed}).to_dict()  # fail now
+    fixed = {k: flat_options(resolved)[k] for k in fixed}  # typed, as the configs parsed them
+    out.mkdir(parents=True, exist_ok=True)
+    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
+    name = study_name or f"{model}-{Path(data).name}"
+    rdb = optuna.storages.RDBStorage(url)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
+                                sampler=optuna.samplers.TPESampler(seed=seed),
+                                pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
+                                                                   n_warmup_steps=warmup))
+    _check_study(study, {"model": model, "data": data_spec(data), "metric": metric, "epochs": epochs,
+                         "fixed": fixed, "seed": seed, "space": {k: list(v) for k, v in space.items()}},
+                 url)
+    dead = fail_dead_trials(rdb, study)
+    done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    n_done = len(study.get_trials(deepcopy=False, states=done_states))
+    log(f"study {name!r} in {url}: {n_done} trials done" + (f", {dead} killed ones marked failed"
+                                                             if dead else ""))
+
+    def objective(trial) -> float:
+        params = suggest(trial, space)
+        run_dir = out / "trials" / f"trial-{trial.number:04d}"
+        trial.set_user_attr("owner", _owner())
+        trial.set_user_attr("run_dir", str(run_dir))
+
+        def report(epoch: int, valid: dict) -> None:
+            trial.report(valid[metric], step=epoch)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"epoch {epoch}: valid {metric} {valid[metric]:.4f}")
+
+        try:
+            _, result = train_into(model, data, {**fixed, **params, "epochs": epochs, "seed": seed},
+                                   run_dir, device=device, cache_dir=cache_dir, on_evaluate=report,
+                                   test=False, log=lambda m: None)
+        finally:  # the best weights stay (the best trial is tested from them); the rest is disk
+            (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+        value = float(result["valid"][metric])
+        log(f"trial {trial.number}: valid {metric} {value:.4f} (best epoch {result['best_epoch']}) "
+            f"{params}")
+        return value
+
+    remaining = max(0, trials - n_done)
+    if remaining:
+        study.optimize(objective, n_trials=remaining, catch=(LatticeRecError,))
+    return _finish(study, model, data, out, metric, fixed, device, cache_dir, evaluate_test, log,
+                   write_options_file)
+
+
+def _finish(study, model, data, out, metric, fixed, device, cache_dir, evaluate_test, log, write):
+    """The best trial: its options file, and (``evaluate_test``) its saved weights on test, once."""
+    import optuna
+
+    states = {s.name.lower(): len(study.get_trials(deepcopy=False, states=(s,)))
+              for s in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+                        optuna.trial.TrialState.FAIL)}
+    if not states["complete"]:
+        raise LatticeRecError(f"study {study.study_name!r}: no trial completed ({states})")
+    best = study.best_trial
+    options = {**fixed, **best.params}
+    write(out / "best_config.json", model, options)
+    record = {"study": study.study_name, "model": model, "data": data, "metric": metric,
+              "trials": states, "best_trial": best.number, "best_valid": best.value,
+              "best_options": options, "run_dir": best.user_attrs.get("run_dir"), "test": None}
+    if evaluate_test:
+        from latticerec.graphs.cache import KnnGraphCache
+        from latticerec.train.build import resolve_device
+        from latticerec.train.rundir import RunDir, load_trained
+        from latticerec.train.trainer import evaluate_split
+
+        trained = load_trained(RunDir(record["run_dir"]), resolve_device(device), KnnGraphCache(cache_dir))
+        record["valid"] = evaluate_split(trained.model, trained.dataset, "valid", trained.run.train)
+        record["test"] = evaluate_split(trained.model, trained.dataset, "test", trained.run.train)
+        record["best_epoch"] = trained.best_epoch
+    atomic_write_json(out / "best_trial.json", record)
+    log(json.dumps({k: record[k] for k in ("trials", "best_trial", "best_valid", "best_options")}))
+    return record

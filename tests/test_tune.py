@@ -1,0 +1,152 @@
+"""Tuning on validation only: trials, SQLite resume, the best config, and never the test split."""
+
+import json
+import os
+
+import optuna
+import pytest
+
+from latticerec.cli import main
+from latticerec.errors import ConfigError
+from latticerec.experiment import runner
+from latticerec.experiment.tune import search_space, tune
+from latticerec.models.registry import MODELS
+from latticerec.train.build import resolve_config
+
+FIXED = {"embed_dim": 8}
+
+
+def run_tune(tmp_path, trials, **kw):
+    return tune("lattice", "synthetic", trials, tmp_path / "study", epochs=2, fixed=FIXED, warmup=1,
+                log=lambda m: None, **kw)
+
+
+@pytest.mark.parametrize("name", sorted(m for m in MODELS if getattr(MODELS[m], "SEARCH_SPACE", None)))
+def test_every_declared_search_space_resolves_at_its_bounds(name):
+    space = search_space(name)
+    for end in (0, -1):
+        values = {k: (spec[1][end] if spec[0] == "choice" else spec[1:][end]) for k, spec in space.items()}
+        resolve_config(name, values)  # every key is an option of the model, every bound valid
+
+
+def test_a_model_without_search_space_is_a_clear_error():
+    with pytest.raises(ConfigError, match="declares no SEARCH_SPACE"):
+        search_space("cb")
+
+
+def test_three_trials_then_the_sqlite_study_resumes(tmp_path, monkeypatch):
+    record = run_tune(tmp_path, 3)
+    assert record["trials"]["complete"] + record["trials"]["pruned"] == 3
+    assert record["test"] is not None and 0 <= record["test"]["recall@20"] <= 1
+    assert record["best_valid"] == pytest.approx(record["valid"]["recall@20"])  # same weights, re-read
+    best = json.loads((tmp_path / "study" / "best_config.json").read_text())
+    assert best["model"] == "lattice" and set(best["options"]) == {"embed_dim", *search_space("lattice")}
+
+    # a killed process left a trial running: it is marked failed and replaced
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'study' / 'study.db'}")
+    study = optuna.load_study(study_name="lattice-synthetic", storage=storage)
+    dead = study.ask()
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)  # a process id that is surely gone
+    dead.set_user_attr("owner", f"{pid} {__import__('socket').gethostname()}")
+
+    import latticerec.train.trainer as trainer
+
+    calls = []
+    real = trainer.fit
+    monkeypatch.setattr(trainer, "fit", lambda *a, **k: calls.append(1) or real(*a, **k))
+    record = run_tune(tmp_path, 4)
+    assert len(calls) == 1  # only the missing trial ran
+    assert record["trials"]["fail"] == 1 and record["trials"]["complete"] + record["trials"]["pruned"] == 4
+    assert run_tune(tmp_path, 4)["best_trial"] == record["best_trial"] and len(calls) == 1
+
+    with pytest.raises(Exception, match="other settings"):  # same study, other settings
+        tune("lattice", "synthetic", 4, tmp_path / "study", epochs=3, fixed=FIXED, log=lambda m: None)
+
+
+def test_the_objective_never_evaluates_the_test_split(tmp_path, monkeypatch):
+    """Fails if any trial ranks the test split: the test-split evaluation raises."""
+    import latticerec.train.trainer as trainer
+
+    real_split, real_rank = trainer.evaluate_split, trainer.evaluate_ranking
+    test_matrix = runner.load_data("synthetic").test  # the dataset object the trials use
+
+    def split_guard(model, dataset, split, *a, **k):
+        if split == "test":
+            raise AssertionError("the tuning objective evaluated the test split")
+        return real_split(model, dataset, split, *a, **k)
+
+    def rank_guard(users, items, truth, *a, **k):
+        if truth is test_matrix:
+            raise AssertionError("the tuning objective ranked the test split")
+        return real_rank(users, items, truth, *a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate_split", split_guard)
+    monkeypatch.setattr(trainer, "evaluate_ranking", rank_guard)
+    record = run_tune(tmp_path, 3, evaluate_test=False)
+    assert record["test"] is None and record["trials"]["complete"] + record["trials"]["pruned"] == 3
+    with pytest.raises(AssertionError, match="test split"):  # the guard is live: the end reads test
+        run_tune(tmp_path, 3, evaluate_test=True)
+
+
+def test_each_trial_reports_its_validation_curve_to_the_median_pruner(tmp_path):
+    record = tune("mf", "synthetic", 7, tmp_path / "study", epochs=4, fixed=FIXED, warmup=0,
+                  log=lambda m: None)
+    db = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    study = optuna.load_study(study_name="mf-synthetic", storage=db)
+    for t in study.trials:  # the validation curve, epoch by epoch; a pruned trial stops early
+        steps = sorted(t.intermediate_values)
+        assert steps == list(range(1, len(steps) + 1)) and len(steps) >= 1
+        assert len(steps) == 4 or t.state == optuna.trial.TrialState.PRUNED
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            assert t.value == pytest.approx(max(t.intermediate_values.values()))  # best valid epoch
+    assert record["trials"]["complete"] + record["trials"]["pruned"] == 7
+
+
+def test_train_config_round_trip(tmp_path, capsys):
+    cfg = tmp_path / "best.json"
+    cfg.write_text(json.dumps({"model": "lightgcn", "options": {"embed_dim": 8, "n_layers": 1, "lr": 0.002}}))
+    out = tmp_path / "run"
+    assert main(["train", "--model", "lightgcn", "--config", str(cfg), "--set", "n_layers=2", "--epochs", "1",
+                 "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())["config"]
+    assert saved["model_config"] == {"embed_dim": 8, "reg": 1e-4, "n_layers": 2}  # --set on top
+    assert saved["train"]["lr"] == 0.002 and saved["train"]["epochs"] == 1
+    toml = tmp_path / "best.toml"
+    toml.write_text('model = "lightgcn"\n[options]\nembed_dim = 8\nlearning_rate = 0.1\n')
+    assert main(["train", "--model", "lightgcn", "--config", str(toml), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert str(toml) in err and "'learning_rate'" in err and "Traceback" not in err
+    for text, needle in (('{"model": "mf", "options": {}}', "written for model 'mf'"),
+                         ('{"options": {}, "extra": 1}', "unknown key(s) extra"), ("{", "unreadable")):
+        cfg.write_text(text)
+        args = ["train", "--model", "lightgcn", "--config", str(cfg), "--out", str(tmp_path / "r3")]
+        assert main(args) == 2
+        err = capsys.readouterr().err
+        assert str(cfg) in err and needle in err
+
+
+def test_cli_tune_writes_a_best_config_that_train_takes(tmp_path, capsys):
+    out = tmp_path / "t"
+    assert main(["tune", "--model", "mf", "--data", "synthetic", "--trials", "2", "--epochs", "1",
+                 "--out", str(out), "--set", "embed_dim=8"]) == 0
+    printed = capsys.readouterr().out
+    assert "best trial" in printed and "test metrics (read once" in printed
+    assert main(["train", "--model", "mf", "--config", str(out / "best_config.json"), "--epochs", "1",
+                 "--out", str(tmp_path / "run"), "--quiet"]) == 0
+    best = json.loads((out / "best_trial.json").read_text())
+    trained = json.loads((tmp_path / "run" / "config.json").read_text())["config"]
+    assert trained["train"]["lr"] == pytest.approx(best["best_options"]["lr"])
+
+
+def test_study_settings_with_tuples_match_after_storage_round_trip(tmp_path):
+    from latticerec.experiment.tune import _check_study
+
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    settings = {"space": {"cooc_topk": ["choice", (0, 10, 50)]}, "fixed": {"modalities": ("image",)}}
+    _check_study(study, settings, "db")
+    _check_study(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}"), settings, "db")
+    with pytest.raises(Exception, match="other settings \\(fixed\\)"):
+        _check_study(study, {**settings, "fixed": {}}, "db")
