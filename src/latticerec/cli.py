@@ -83,6 +83,16 @@ def cmd_train(args) -> int:
         distributed.teardown(dist)
 
 
+def _rank_model(run, dataset, expected_hash: str, device, cache, rank: int):
+    """A rank other than 0: its model, once its data is checked to be rank 0's."""
+    from latticerec.train.build import build_model
+
+    if dataset.content_hash() != expected_hash:
+        raise LatticeRecError(f"rank {rank}: --data differs from rank 0's (dataset content hash): "
+                              "every machine needs the same data at the same path")
+    return build_model(run, dataset, device, cache)
+
+
 def _train(args, run, device, dist) -> int:
     """Train one run; in a distributed run (``dist``) only rank 0 touches the run folder and prints."""
     from contextlib import ExitStack
@@ -129,8 +139,9 @@ def _train(args, run, device, dist) -> int:
             dataset, data_hash, model = setup(held)
         else:  # every rank learns whether the others' setup failed, none waits for a failed one
             dataset, data_hash, model = dist.together(lambda: setup(held))
+            expected = dist.broadcast_state({"dataset_hash": data_hash})["dataset_hash"]
             model = dist.together(lambda: model if model is not None else
-                                  build_model(run, dataset, device, cache))
+                                  _rank_model(run, dataset, expected, device, cache, dist.rank))
         if not main_rank:
             fit(model, dataset, run.train, resume=args.resume, progress=False, dist=dist)
             return 0
