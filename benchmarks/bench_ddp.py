@@ -5,10 +5,15 @@ data, seed and epochs; prints one JSON line per setting.
     OMP_NUM_THREADS is set per setting (threads per process); on this 2-core machine:
     python benchmarks/bench_ddp.py --data ../shared/data/tiktok --epochs 30 --seed 0 --out /tmp/ddp
     python benchmarks/bench_ddp.py --settings 1x1,1x2,2x1     # processes x threads (the default)
+    python benchmarks/bench_ddp.py --breakdown                # where a step's time goes (1 thread)
 
 Seconds per epoch is the mean of the history's ``seconds`` (training only, rank 0, which waits for
 every all-reduce, so it is the run's time); evaluation seconds likewise; ``wall_s`` the whole
 command (start-up, data load, graph build, training, evaluation).
+
+``--breakdown`` times, in one thread, a training step on the whole global batch and on half of it
+(what each of 2 ranks computes: the full-graph propagation is the same, only the per-triple part
+halves), and an ``all_reduce`` of the model's gradients between 2 gloo processes over loopback.
 """
 
 from __future__ import annotations
@@ -51,6 +56,80 @@ def run_setting(args, processes: int, threads: int) -> dict:
             "command": f"OMP_NUM_THREADS={threads} python " + " ".join(cmd[1:])}
 
 
+def _median_step_s(model, optimizer, sampler, batch_size: int, steps: int) -> float:
+    import torch
+
+    model.train()
+    model.on_epoch_start(0)
+    times = []
+    for i, (u, p, n) in enumerate(sampler.epoch(0, batch_size)):
+        if i > steps:
+            break
+        start = time.perf_counter()
+        loss = sum(model.loss(torch.as_tensor(u), torch.as_tensor(p), torch.as_tensor(n)).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        if i > 0:  # the first batch of an epoch also rebuilds the learned item graphs
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _allreduce_rank(rank: int, port: int, numel: int, repeats: int, result) -> None:
+    import torch
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    flat = torch.randn(numel)
+    dist.all_reduce(flat)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        dist.all_reduce(flat)
+        times.append(time.perf_counter() - start)
+    if rank == 0:
+        result.put(statistics.median(times))
+    dist.destroy_process_group()
+
+
+def breakdown(args) -> None:
+    import socket
+
+    import torch
+    import torch.multiprocessing as mp
+
+    from latticerec.data.readers import load_dataset
+    from latticerec.train.build import build_model, resolve_config
+    from latticerec.train.sampling import BPRSampler
+
+    torch.set_num_threads(1)
+    dataset = load_dataset(args.data)
+    run = resolve_config(args.model, {"seed": args.seed})
+    model = build_model(run, dataset, "cpu")
+    optimizer = torch.optim.Adam(model.parameters(), lr=run.train.lr)
+    sampler = BPRSampler(dataset.train, seed=args.seed)
+    batch = run.train.batch_size
+    full = _median_step_s(model, optimizer, sampler, batch, 8)
+    half = _median_step_s(model, optimizer, sampler, (batch + 1) // 2, 8)
+    numel = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    result = ctx.SimpleQueue()
+    procs = [ctx.Process(target=_allreduce_rank, args=(r, port, numel, 20, result)) for r in range(2)]
+    for proc in procs:
+        proc.start()
+    allreduce = result.get()
+    for proc in procs:
+        proc.join()
+    print(json.dumps({"model": args.model, "data": dataset.name, "batch_size": batch,
+                      "batches_per_epoch": sampler.n_batches(batch),
+                      "step_s_full_batch": round(full, 4), "step_s_half_batch": round(half, 4),
+                      "gradient_floats": numel, "allreduce_s_2_gloo_ranks": round(allreduce, 4)}))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(SHARED / "tiktok"))
@@ -59,10 +138,15 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--settings", default="1x1,1x2,2x1", help="processes x threads, comma-separated")
     parser.add_argument("--out", default="/tmp/bench-ddp")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="time a step on the whole and on half a batch, and a gradient all_reduce")
     parser.add_argument("extra", nargs="*", help="more 'latticerec train' options, after --")
     args = parser.parse_args()
     if not Path(args.data).exists():
         sys.exit(f"{args.data}: absent (the real data lives in ../shared/data)")
+    if args.breakdown:
+        breakdown(args)
+        return
     for setting in args.settings.split(","):
         processes, threads = (int(x) for x in setting.split("x"))
         print(json.dumps(run_setting(args, processes, threads)), flush=True)

@@ -77,6 +77,8 @@ def cmd_train(args) -> int:
     if nproc > 1 and not distributed.launched():
         return distributed.launch(nproc, args.argv)
     dist = distributed.init(device)
+    if dist is not None and device.type == "cuda":
+        device = dist.device  # one GPU per rank: cuda:LOCAL_RANK
     try:
         return _train(args, run, device, dist)
     finally:
