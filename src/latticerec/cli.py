@@ -66,23 +66,61 @@ def _check_resumable(run_dir, saved: dict | None, config: dict, data_spec: str) 
 
 
 def cmd_train(args) -> int:
+    """``latticerec train``; with ``--nproc N`` (N > 1) it starts N ranks of itself through torchrun's
+    launcher, and run as a rank (by that or by ``torchrun``) it trains distributed (docs/distributed.md)."""
+    from latticerec.train import distributed
+    from latticerec.train.build import resolve_config, resolve_device
+
+    nproc = getattr(args, "nproc", 1)
+    if nproc < 1:
+        raise LatticeRecError(f"--nproc: {nproc}: give at least 1 process")
+    run = resolve_config(args.model, _train_overrides(args))
+    device = resolve_device(args.device)
+    if nproc > 1 and not distributed.launched():
+        return distributed.launch(nproc, args.argv)
+    dist = distributed.init(device)
+    if dist is not None and device.type == "cuda":
+        device = dist.device  # one GPU per rank: cuda:LOCAL_RANK
+    try:
+        return _train(args, run, device, dist)
+    finally:
+        distributed.teardown(dist)
+
+
+def _rank_model(run, dataset, expected_hash: str, device, cache, rank: int):
+    """A rank other than 0: its model, once its data is checked to be rank 0's."""
+    from latticerec.train.build import build_model
+
+    if dataset.content_hash() != expected_hash:
+        raise LatticeRecError(f"rank {rank}: --data differs from rank 0's (dataset content hash): "
+                              "every machine needs the same data at the same path")
+    return build_model(run, dataset, device, cache)
+
+
+def _train(args, run, device, dist) -> int:
+    """Train one run; in a distributed run (``dist``) only rank 0 touches the run folder and prints."""
+    from contextlib import ExitStack
+
     from latticerec.data.readers import load_dataset
     from latticerec.graphs.cache import KnnGraphCache
-    from latticerec.train.build import build_model, resolve_config, resolve_device
+    from latticerec.train.build import build_model
     from latticerec.train.rundir import RunDir
     from latticerec.train.trainer import fit
 
-    run = resolve_config(args.model, _train_overrides(args))
-    device = resolve_device(args.device)
+    main_rank = dist is None or dist.is_main
     run_dir = RunDir(args.out or _default_out(args.model, args.data))
-    if args.export:
+    if args.export and main_rank:
         from latticerec.serve.export import check_export_target
 
         check_export_target(args.export, args.overwrite)
     data_spec = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
     cache = KnnGraphCache(args.cache_dir)
     cache.check_writable()  # before the data load: a read-only or full disk is reported at once
-    with run_dir.lock():  # checks the folder is writable; held until the run is written
+
+    def setup(held: ExitStack):
+        if not main_rank:  # the other ranks: data now, their model once rank 0 filled the graph cache
+            return load_dataset(args.data), None, None
+        held.enter_context(run_dir.lock())  # checks the folder is writable; held until the run is written
         run_dir.prepare(args.resume, args.overwrite)
         saved = run_dir.read_config() if args.resume and run_dir.has_config() else None
         if args.resume:
@@ -98,14 +136,29 @@ def cmd_train(args) -> int:
         model = build_model(run, dataset, device, cache)
         run_dir.write_config({"model": args.model, "data": data_spec, "config": run.to_dict(),
                               "dataset_hash": data_hash})
+        return dataset, data_hash, model
+
+    with ExitStack() as held:
+        if dist is None:
+            dataset, data_hash, model = setup(held)
+        else:  # every rank learns whether the others' setup failed, none waits for a failed one
+            dataset, data_hash, model = dist.together(lambda: setup(held))
+            expected = dist.broadcast_state({"dataset_hash": data_hash})["dataset_hash"]
+            model = dist.together(lambda: model if model is not None else
+                                  _rank_model(run, dataset, expected, device, cache, dist.rank))
+        if not main_rank:
+            fit(model, dataset, run.train, resume=args.resume, progress=False, dist=dist)
+            return 0
         print(f"{args.model} on {dataset.name}: {dataset.n_users} users, {dataset.n_items} items, "
-              f"{dataset.train.nnz} train interactions; run folder {run_dir.path}", file=sys.stderr)
+              f"{dataset.train.nnz} train interactions; run folder {run_dir.path}"
+              + (f"; {dist.world} processes" if dist else ""), file=sys.stderr)
         result = fit(model, dataset, run.train, out_dir=run_dir, resume=args.resume,
-                     log=lambda m: print(m, file=sys.stderr), progress=not args.quiet)
+                     log=lambda m: print(m, file=sys.stderr), progress=not args.quiet, dist=dist)
         run_dir.write_metrics({"model": args.model, "data": data_spec,
                                **{k: v for k, v in result.items() if k != "history"},
                                "config": run.to_dict(), "dataset": dataset.summary(),
-                               "dataset_hash": data_hash, "history": result["history"]})
+                               "dataset_hash": data_hash, "history": result["history"],
+                               **({"processes": dist.world} if dist else {})})
     print(f"best valid epoch {result['best_epoch']} of {result['epochs_run']} "
           f"({result['train_seconds']:.1f} s training)")
     print(_format_table(result["valid"], result["test"], run.train.topk))
@@ -223,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a config value (e.g. --set lr=0.001 n_layers=2)")
     t.add_argument("--out", help="run folder (default runs/<model>-<data>-<time>)")
     t.add_argument("--device", default="cpu", help="cpu or cuda")
+    t.add_argument("--nproc", type=int, default=1, metavar="N",
+                   help="train data-parallel in N processes on this machine (torch.distributed: gloo "
+                   "on CPU, NCCL on CUDA; launched like torchrun --standalone --nproc-per-node N). "
+                   "For several machines run 'torchrun ... -m latticerec train ...' (docs/distributed.md)")
     t.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its last checkpoint (same data and options; "
                    "only --epochs and patience may change)")
@@ -268,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what ``train --nproc`` starts again
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("default")

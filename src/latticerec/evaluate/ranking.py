@@ -56,14 +56,24 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
         yield batch, top_items, top_scores
 
 
-def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
-                      exclude, topk, ndcg: str, batch_size: int, progress, candidates, score_fn=None):
-    """``users`` (those with >= 1 item in ``target``), then per batch ``(batch, {metric: values})``."""
-    target = sp.csr_matrix(target)
-    n_rel_all = np.diff(target.indptr)
-    users = np.flatnonzero(n_rel_all > 0)
+def evaluated_users(target: sp.csr_matrix) -> np.ndarray:
+    """The users a split evaluates: those with at least one item in ``target`` (ascending)."""
+    users = np.flatnonzero(np.diff(sp.csr_matrix(target).indptr) > 0)
     if users.size == 0:
         raise DataError("no user has an item in the evaluation split")
+    return users
+
+
+def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
+                      exclude, topk, ndcg: str, batch_size: int, progress, candidates, block,
+                      score_fn=None):
+    """``users`` (those with >= 1 item in ``target``, only ``users[block]`` with a ``block``), then
+    per batch ``(batch, {metric: values})``."""
+    target = sp.csr_matrix(target)
+    n_rel_all = np.diff(target.indptr)
+    users = evaluated_users(target)
+    if block is not None:
+        users = users[block]
     yield users
     batches = rank_top_k(user_repr, item_repr, users, max(topk), exclude, batch_size, candidates, score_fn)
     if progress is not None:
@@ -87,16 +97,19 @@ def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: 
 def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: sp.csr_matrix,
                      exclude: list[sp.csr_matrix] | tuple = (), topk=(10, 20, 50),
                      ndcg: str = "standard", batch_size: int = 1024, progress=None,
-                     candidates: np.ndarray | None = None, per_user: bool = False, score_fn=None):
+                     candidates: np.ndarray | None = None, per_user: bool = False, score_fn=None,
+                     block: slice | None = None):
     """Mean Recall/Precision/NDCG/HitRate@K over users with >= 1 item in ``target``.
 
     ``ndcg="legacy"`` uses the LATTICE/MICRO code's NDCG (ideal DCG from retrieved hits).
     With ``per_user`` returns ``(means, arrays)``: ``arrays["users"]`` the evaluated user indices and
     ``arrays[metric]`` each one's value (float64, aligned), e.g. for paired significance tests.
     ``score_fn`` replaces the dot product (see :func:`rank_top_k`).
+    With ``block`` only the users ``evaluated_users(target)[block]`` are ranked (one rank's part of
+    a distributed evaluation); the means are then over that block (0 for an empty one).
     """
     stream = _per_user_batches(user_repr, item_repr, target, exclude, topk, ndcg, batch_size,
-                               progress, candidates, score_fn)
+                               progress, candidates, block, score_fn)
     users = next(stream)
     sums = {f"{m}@{k}": 0.0 for k in topk for m in ("recall", "precision", "ndcg", "hit")}
     parts: dict[str, list[np.ndarray]] = {key: [] for key in sums}
@@ -105,7 +118,8 @@ def evaluate_ranking(user_repr: torch.Tensor, item_repr: torch.Tensor, target: s
             sums[key] += v.sum().item()
             if per_user:
                 parts[key].append(v.detach().double().cpu().numpy())
-    means = {key: value / len(users) for key, value in sums.items()}
+    means = {key: value / max(len(users), 1) for key, value in sums.items()}
     if not per_user:
         return means
-    return means, {"users": users.astype(np.int64), **{k: np.concatenate(v) for k, v in parts.items()}}
+    return means, {"users": users.astype(np.int64),
+                   **{k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}}

@@ -13,6 +13,7 @@ import copy
 import itertools
 import math
 import time
+from contextlib import ExitStack
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,8 +24,9 @@ from tqdm.auto import tqdm
 from latticerec.config import TrainConfig, to_dict
 from latticerec.data.dataset import Dataset
 from latticerec.errors import RunError, TrainingError
-from latticerec.evaluate.ranking import evaluate_ranking
+from latticerec.evaluate.ranking import evaluate_ranking, evaluated_users
 from latticerec.models.base import Recommender
+from latticerec.train.distributed import Dist, share
 from latticerec.train.rundir import RunDir, as_run_dir
 from latticerec.train.sampling import BPRSampler, UserUniformSampler
 from latticerec.train.schedule import learning_rate, set_learning_rate
@@ -57,13 +59,16 @@ def resumable_config(cfg: TrainConfig) -> dict:
 
 
 def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainConfig,
-                   progress: bool = False, rank_all: bool = False, per_user: bool = False):
+                   progress: bool = False, rank_all: bool = False, per_user: bool = False,
+                   dist: Dist | None = None):
     """Full-ranking metrics on ``split``; training items are masked (and, for the test split, nothing
     else: validation items count as ordinary unobserved items, as in the LATTICE/MICRO protocol).
 
     On a cold-start split (``dataset.cold_items``) only the split's cold items are ranked, unless
     ``rank_all`` (or the dataset's ``rank_cold`` is False). With ``per_user`` returns
-    ``(means, per-user arrays)`` (see :func:`~latticerec.evaluate.ranking.evaluate_ranking`)."""
+    ``(means, per-user arrays)`` (see :func:`~latticerec.evaluate.ranking.evaluate_ranking`).
+    With ``dist`` each rank ranks its block of the users and rank 0 gathers them: every rank gets
+    the means, only rank 0 the per-user arrays (None elsewhere)."""
     if model.factorised:
         users, items = model.full_representations()
     else:  # ItemKNN: scores from ``score_users``; zero-width tensors carry the sizes and the device
@@ -71,18 +76,26 @@ def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainC
         users, items = (torch.empty(n, 0, device=device) for n in (dataset.n_users, dataset.n_items))
     bar = (lambda it, total: tqdm(it, total=total, desc=f"eval {split}", leave=False)) if progress \
         else None
-    return evaluate_ranking(users, items, dataset.split(split), exclude=[dataset.train],
-                            topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
-                            progress=bar, candidates=None if rank_all else dataset.candidates(split),
-                            per_user=per_user, score_fn=None if model.factorised else model.score_users)
+    target = dataset.split(split)
+    options = dict(exclude=[dataset.train], topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
+                   progress=bar, candidates=None if rank_all else dataset.candidates(split),
+                   score_fn=None if model.factorised else model.score_users)
+    if dist is None:
+        return evaluate_ranking(users, items, target, per_user=per_user, **options)
+    n_users = evaluated_users(target).size
+    _, block = evaluate_ranking(users, items, target, per_user=True,
+                                block=share(n_users, dist.rank, dist.world), **options)
+    means, arrays = dist.gather_user_metrics(n_users, block)
+    return (means, arrays) if per_user else means
 
 
 class _Loop:
     """One training run's moving parts; :func:`fit` calls its steps in order."""
 
     def __init__(self, model: Recommender, dataset: Dataset, cfg: TrainConfig, run_dir: RunDir | None,
-                 extra: dict | None, progress: bool):
+                 extra: dict | None, progress: bool, dist: Dist | None = None):
         self.model, self.dataset, self.cfg, self.run_dir = model, dataset, cfg, run_dir
+        self.dist = dist  # None: one process; else this rank (only rank 0 has a run_dir)
         self.extra = dict(extra or {})
         if run_dir is not None:  # what a resume must find unchanged
             self.extra.update(dataset_hash=dataset.content_hash(), train_config=resumable_config(cfg))
@@ -92,7 +105,8 @@ class _Loop:
         self.trainable = any(p.requires_grad for p in model.parameters())
         self.best_weights = copy.deepcopy(model.state_dict())
         if self.trainable:
-            self.optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+            self.params = list(model.parameters())
+            self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
             sampler_cls = UserUniformSampler if cfg.sampler == "user" else BPRSampler
             self.sampler = sampler_cls(dataset.train, seed=cfg.seed)
         for module in model.modules():  # a wrapping model's backbone too
@@ -146,6 +160,20 @@ class _Loop:
         state.stopped_early = state.bad_evals >= self.cfg.patience
         log(f"resumed from {where} after epoch {state.epoch}")
 
+    def restore_everywhere(self, log) -> None:
+        """:meth:`restore` on rank 0, from its run folder; the other ranks receive its state."""
+        dist = self.dist
+        dist.together(lambda: self.restore(log) if dist.is_main else None)
+        if not self.trainable:
+            return
+        payload = dist.broadcast_state({"model": self.model.state_dict(), "best_model": self.best_weights,
+                                        "optimizer": self.optimizer.state_dict(),
+                                        "state": asdict(self.state)} if dist.is_main else None)
+        if not dist.is_main:
+            self.model.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            self.best_weights, self.state = payload["best_model"], TrainState(**payload["state"])
+
     def _check_best(self, best: dict, log) -> None:
         """``best.pt`` must be the checkpoint's best epoch. The checkpoint is written first, so a
         process killed between the two writes leaves an older ``best.pt`` of the same data: it is
@@ -184,20 +212,25 @@ class _Loop:
         set_to_none = cfg.zero_grad == "none"
         totals: dict[str, float] = {}
         n_batches = 0
-        for users, pos, neg in self.sampler.epoch(epoch, cfg.batch_size):
-            terms = model.loss(torch.as_tensor(users, device=dev), torch.as_tensor(pos, device=dev),
-                               torch.as_tensor(neg, device=dev))
+        for batch in self.sampler.epoch(epoch, cfg.batch_size):
+            weight = 1.0  # this rank's share of the global batch (distributed.py)
+            if self.dist is not None:
+                batch, weight = self.dist.local_batch(*batch)
+            users, pos, neg = (torch.as_tensor(a, device=dev) for a in batch)
+            terms = model.loss(users, pos, neg)
             loss = sum(terms.values())
-            if not torch.isfinite(loss):
-                raise TrainingError(
-                    f"epoch {epoch}: the loss became {loss.item()} "
-                    f"({ {k: float(v) for k, v in terms.items()} }); lower lr or raise reg"
-                )
+            if self.dist is None:
+                _check_finite(epoch, loss, terms)
             self.optimizer.zero_grad(set_to_none=set_to_none)
-            loss.backward()
+            (loss if weight == 1.0 else loss * weight).backward()
+            if self.dist is None:
+                values = {k: float(v.detach()) for k, v in terms.items()}
+            else:  # the global batch's gradients and terms, the same on every rank
+                values = self.dist.reduce_gradients(self.params, {k: v * weight for k, v in terms.items()})
+                _check_finite(epoch, torch.tensor(sum(values.values())), values)
             self.optimizer.step()
-            for k, v in terms.items():
-                totals[k] = totals.get(k, 0.0) + float(v.detach())
+            for k, v in values.items():
+                totals[k] = totals.get(k, 0.0) + v
             n_batches += 1
         seconds = time.perf_counter() - start
         self.state.train_seconds += seconds
@@ -215,7 +248,7 @@ class _Loop:
         never mixes epochs)."""
         state = self.state
         t_eval = time.perf_counter()
-        valid = evaluate_split(self.model, self.dataset, "valid", self.cfg)
+        valid = evaluate_split(self.model, self.dataset, "valid", self.cfg, dist=self.dist)
         record.update(eval_seconds=round(time.perf_counter() - t_eval, 3),
                       **{"valid_recall@20": valid["recall@20"], "valid_ndcg@20": valid["ndcg@20"]})
         improved = valid["recall@20"] > state.best_recall
@@ -249,12 +282,12 @@ class _Loop:
         if not self.trainable:  # nothing to train (``cb``): evaluated as built
             self.model.eval()
             state.best_epoch, state.best_valid = 0, evaluate_split(self.model, self.dataset, "valid",
-                                                                  self.cfg)
+                                                                  self.cfg, dist=self.dist)
             if self.run_dir is not None:
                 self._save_best()
         self.model.load_state_dict(self.best_weights)
         test, per_user = evaluate_split(self.model, self.dataset, "test", self.cfg, progress=self.progress,
-                                        per_user=True) if test else ({}, None)
+                                        per_user=True, dist=self.dist) if test else ({}, None)
         if self.run_dir is not None and per_user is not None:
             users = per_user.pop("users")
             self.run_dir.write_per_user(users, per_user, state.best_epoch)
@@ -271,30 +304,48 @@ class _Loop:
 
 def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | RunDir | None = None,
         resume: bool = False, extra: dict | None = None, log=print, progress: bool = True, *,
-        overwrite: bool = False, on_evaluate=None, test: bool = True) -> dict:
+        overwrite: bool = False, on_evaluate=None, test: bool = True, dist: Dist | None = None) -> dict:
     """Train ``model`` on ``dataset.train``; returns a result dict (valid and test metrics at the best
     valid epoch). With ``out_dir`` (a path or :class:`RunDir`, locked for the whole call) a checkpoint
     is written at every evaluation, the best weights at every improvement and the per-user test
     metrics at the end; ``resume=True`` continues from its checkpoint. A folder that already holds a
     trained run is refused unless ``resume`` or ``overwrite``. ``on_evaluate(epoch, valid_metrics)`` is
-    called after each validation (a tuner reports to its pruner there); ``test=False``: see ``finish``."""
-    run_dir = as_run_dir(out_dir)
-    if run_dir is None:
-        return _fit(model, dataset, cfg, None, resume, extra, log, progress, on_evaluate, test)
-    with run_dir.lock():
-        run_dir.prepare(resume, overwrite, names=RunDir.TRAINING_FILES)
-        return _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, on_evaluate, test)
+    called after each validation (a tuner reports to its pruner there); ``test=False``: see ``finish``.
+
+    ``dist`` (:func:`latticerec.train.distributed.init`): this process is one rank of a distributed
+    run; every rank calls ``fit`` alike, and only rank 0 reads or writes ``out_dir``."""
+    run_dir = as_run_dir(out_dir) if dist is None or dist.is_main else None
+    progress = progress and (dist is None or dist.is_main)
+    with ExitStack() as held:
+        def take_folder() -> None:  # locked for the whole call
+            if run_dir is not None:
+                held.enter_context(run_dir.lock())
+                run_dir.prepare(resume, overwrite, names=RunDir.TRAINING_FILES)
+
+        take_folder() if dist is None else dist.together(take_folder)
+        return _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, dist, on_evaluate, test)
 
 
-def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, on_evaluate=None, test=True) -> dict:
+def _check_finite(epoch: int, loss: torch.Tensor, terms: dict) -> None:
+    if not torch.isfinite(loss):
+        raise TrainingError(f"epoch {epoch}: the loss became {loss.item()} "
+                            f"({ {k: float(v) for k, v in terms.items()} }); lower lr or raise reg")
+
+
+def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, dist=None, on_evaluate=None,
+         test=True) -> dict:
     seed_everything(cfg.seed)
-    loop = _Loop(model, dataset, cfg, run_dir, extra, progress)
+    loop = _Loop(model, dataset, cfg, run_dir, extra, progress, dist)
     if resume:
-        loop.restore(log)
+        loop.restore(log) if dist is None else loop.restore_everywhere(log)
+    first = True
     bar = tqdm(total=cfg.epochs, initial=loop.state.epoch, desc="epochs", dynamic_ncols=True,
                disable=not (progress and loop.trainable))
     while loop.running():
         record = loop.train_epoch()
+        if dist is not None and first:  # same parameters, same re-learned graphs: checked once
+            dist.check_replicated(model)
+        first = False
         if loop.due_for_evaluation():
             valid = loop.evaluate_and_checkpoint(record)
             bar.set_postfix(loss=f"{sum(v for k, v in record.items() if k.startswith('loss_')):.4f}",
