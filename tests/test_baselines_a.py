@@ -131,6 +131,11 @@ def test_vbpr_score_is_the_papers_predictor_over_all_modalities():
         resolve_config("vbpr", {"modalities": "image,image"})
     with pytest.raises(ConfigError, match="feature_fusion"):
         resolve_config("vbpr", {"feature_fusion": "sum"})
+    with pytest.raises(ConfigError, match="content_reg"):
+        resolve_config("vbpr", {"content_reg": "-1"})
+    # the loss: BPR, λ_Θ on the batch rows, λ_E (‖E‖² + ‖β'‖²) on the shared content parameters
+    terms = model.loss(torch.tensor([0, 1]), torch.tensor([0, 1]), torch.tensor([3, 2]))
+    torch.testing.assert_close(terms["reg_content"], 0.1 * (e.pow(2).sum() + beta_f.pow(2).sum()))
 
 
 # --------------------------------------------------------------------------------------- freedom --

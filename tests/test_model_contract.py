@@ -137,7 +137,7 @@ def test_state_dict_save_and_load_gives_identical_scores(pair, blocks):
     assert torch.equal(_scores(fresh), _scores(model))
 
 
-@pytest.mark.parametrize("name", STRUCTURE_MODELS)
+@pytest.mark.parametrize("name", [*STRUCTURE_MODELS, "freedom"])  # freedom: a pruned graph per epoch
 def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(name, blocks, tmp_path):
     def run(epochs, out, resume=False):
         cfg, model = _build(name, blocks, None, epochs=str(epochs), lr="0.01", batch_size="64")

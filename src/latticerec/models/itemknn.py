@@ -6,11 +6,12 @@ With ``R`` the binary users x items training matrix and ``r_i`` its column of it
 * Sarwar et al. section 3.1.1, cosine similarity of two items as vectors of users:
   ``sim(i, j) = r_iᵀ r_j / (‖r_i‖ ‖r_j‖) = C_ij / sqrt(n_i n_j)`` with ``C = RᵀR`` the co-occurrence
   counts and ``n_i`` the number of users of ``i``; ``sim(i, i)`` is not used;
-* Deshpande & Karypis section 4.1: only the ``k`` most similar items of every item are kept,
-  ``M_ij = sim(i, j)`` if ``j`` is among the ``k`` nearest neighbours of ``i`` (and the similarity is
-  positive), else 0: a sparse ``I x I`` matrix with at most ``k`` entries per row;
+* Deshpande & Karypis (the item-based top-N model): only the ``k`` most similar items of every
+  item are kept, ``M_ij = sim(i, j)`` if ``j`` is among the ``k`` nearest neighbours of ``i`` (and
+  the similarity is positive), else 0: a sparse ``I x I`` matrix with at most ``k`` entries per row;
 * the score of user ``u`` for item ``i`` sums the similarities of ``i`` to the user's items,
-  ``ŷ_ui = Σ_(j ∈ N_u) M_ij``, i.e. the score matrix is ``R Mᵀ``.
+  ``ŷ_ui = Σ_(j ∈ N_u) M_ij``, i.e. the score matrix is ``R Mᵀ`` (Sarwar et al.'s weighted sum,
+  section 3.2.1, without its division by ``Σ_j |sim(i, j)|``: for ranking the top-N form sums).
 
 No training (``trainable = False``). The model is not factorised (``factorised = False``): the
 scores are ``score_users(users) = R[users] Mᵀ``, computed per batch of users as a sparse-dense
