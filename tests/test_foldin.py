@@ -306,3 +306,10 @@ def test_cf_part_is_checked():
         load_fold_in(spec, {**arrays, "item_cf": arrays["item_cf"][:-1]})
     old = {k: v for k, v in spec.items() if k != "cf_part"}  # an export made before cf_part
     assert load_fold_in(old, arrays).cf_part == "isolated"
+
+
+def test_a_content_model_without_fold_in_says_so():
+    data = make_block_dataset()
+    model = build_model(resolve_config("vbpr", {"embed_dim": "8"}), data)
+    spec, arrays = fold_in_arrays(model, data)
+    assert spec["kind"] == "none" and "uses content features" in spec["reason"] and arrays == {}

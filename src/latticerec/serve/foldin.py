@@ -253,6 +253,15 @@ def _mmgef_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     return spec, {k: torch.as_tensor(v).detach().cpu().float().numpy() for k, v in arrays.items()}
 
 
+def _uses_content(model) -> bool:
+    """Whether the model's config chooses modalities (its class reads content features)."""
+    import dataclasses
+
+    config = getattr(type(model), "Config", None)
+    return dataclasses.is_dataclass(config) and \
+        any(f.name == "modalities" for f in dataclasses.fields(config))
+
+
 def fold_in_arrays(model, dataset, cf_part: str = "neighbours") -> tuple[dict, dict[str, np.ndarray]]:
     """At export: the manifest's ``"fold_in"`` spec and the arrays (names without the ``fold.``
     prefix) that place a new item. Models without content get ``{"kind": "none", "reason": ...}``.
@@ -269,8 +278,11 @@ def fold_in_arrays(model, dataset, cf_part: str = "neighbours") -> tuple[dict, d
     if isinstance(model, ContentBased):
         return _cb_export(model, dataset)
     if not isinstance(model, (Lattice, Micro, MMGEF)):
-        return {"kind": "none", "reason": f"{type(model).__name__} has no content features: a new "
-                                          "item cannot be placed"}, {}
+        name = type(model).__name__
+        reason = (f"{name} uses content features, but latticerec cannot place a new item in it (fold-in "
+                  "exists for lattice, micro, mmgef and cb)" if _uses_content(model)
+                  else f"{name} has no content features: a new item cannot be placed")
+        return {"kind": "none", "reason": reason}, {}
     was_training = model.training
     model.eval()
     try:
