@@ -130,8 +130,8 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
     dead = fail_dead_trials(rdb, study)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = len(study.get_trials(deepcopy=False, states=done_states))
-    log(f"study {name!r} in {url}: {n_done} trials done" + (f", {dead} killed ones marked failed"
-                                                             if dead else ""))
+    killed = f", {dead} left running by a killed process marked failed" if dead else ""
+    log(f"study {name!r} in {url}: {n_done} trials done{killed}")
 
     def objective(trial) -> float:
         params = suggest(trial, space)
