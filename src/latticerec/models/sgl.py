@@ -79,8 +79,8 @@ class SGL(LightGCN):
                  n_layers: int = 3, reg: float = 1e-4, ssl_weight: float = 0.1, tau: float = 0.2,
                  drop_ratio: float = 0.1, augmentation: str = "edge", ssl_negatives: str = "all"):
         super().__init__(n_users, n_items, normalized_bipartite_adjacency(train), embed_dim, n_layers, reg)
-        self.ssl_weight, self.tau, self.drop_ratio, self.augmentation = ssl_weight, tau, drop_ratio, augmentation
-        self.ssl_negatives = ssl_negatives
+        self.ssl_weight, self.tau, self.ssl_negatives = ssl_weight, tau, ssl_negatives
+        self.drop_ratio, self.augmentation = drop_ratio, augmentation
         # the training interactions, user-sorted (CSR order): the edges a view keeps or drops
         self.register_buffer("edge_users", row_indices(train.crow_indices()), persistent=False)
         self.register_buffer("edge_items", train.col_indices().clone(), persistent=False)
