@@ -58,7 +58,8 @@ class BM3(Recommender):
     def __init__(self, inputs: ModelInputs, modalities: tuple[str, ...] = (), embed_dim: int = 64,
                  n_layers: int = 1, reg: float = 0.1, dropout: float = 0.3):
         super().__init__()
-        self.n_users, self.n_items, self.reg_weight, self.dropout = inputs.n_users, inputs.n_items, reg, dropout
+        self.n_users, self.n_items = inputs.n_users, inputs.n_items
+        self.reg_weight, self.dropout = reg, dropout
         self.names = modality_features(self, inputs, modalities, "bm3")
         self.encoder = LightGCN(self.n_users, self.n_items, normalized_bipartite_adjacency(inputs.train),
                                 embed_dim, n_layers, reg)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latticerec.graphs.sparse import row_indices
+from latticerec.graphs.sparse import GradCSR, csr_from_parts, row_indices, spmm, transpose_csr
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.mmgcn import MultimodalGraphConfig, modality_features
 
@@ -90,13 +90,7 @@ class GRCN(Recommender):
         self.n_users, self.n_items, self.reg_weight = inputs.n_users, inputs.n_items, reg
         self.n_layers, self.routing_iters, self.weighting = n_layers, routing_iters, modality_weighting
         self.names = modality_features(self, inputs, modalities, "grcn")
-        train = inputs.train
-        self.register_buffer("edge_users", row_indices(train.crow_indices()), persistent=False)
-        self.register_buffer("edge_items", train.col_indices().clone(), persistent=False)
-        self.register_buffer("user_degree", train.crow_indices().diff().float().clamp_min(1.0),
-                             persistent=False)
-        item_degree = torch.bincount(self.edge_items, minlength=self.n_items).float().clamp_min(1.0)
-        self.register_buffer("item_degree", item_degree, persistent=False)
+        self._edge_buffers(inputs.train)
         self.id_embedding = nn.Embedding(self.n_users + self.n_items, embed_dim)
         self.preference = nn.ParameterDict({m: nn.Parameter(torch.empty(self.n_users, content_dim))
                                             for m in self.names})  # u_m
@@ -110,6 +104,37 @@ class GRCN(Recommender):
             self.confidence = nn.Parameter(nn.init.xavier_normal_(
                 torch.empty(self.n_users + self.n_items, len(self.names))))
 
+    def _edge_buffers(self, train: torch.Tensor) -> None:
+        """The edge list (CSR order of ``R``), the binary ``R`` and ``Rᵀ`` (structures of the weighted
+        sums), the permutation from ``R``'s edge order to ``Rᵀ``'s, and the node degrees."""
+        crow, col = train.crow_indices(), train.col_indices()
+        order = torch.arange(col.numel(), dtype=torch.float64, device=col.device)
+        r = csr_from_parts(crow, col, order, tuple(train.shape))
+        rt = transpose_csr(r)
+        self.register_buffer("edge_users", row_indices(crow), persistent=False)
+        self.register_buffer("edge_items", col.clone(), persistent=False)
+        self.register_buffer("r_ones", csr_from_parts(crow, col, torch.ones_like(order, dtype=torch.float32),
+                                                      tuple(train.shape)), persistent=False)
+        self.register_buffer("rt_ones", csr_from_parts(rt.crow_indices(), rt.col_indices(),
+                                                       torch.ones_like(order, dtype=torch.float32),
+                                                       tuple(rt.shape)), persistent=False)
+        self.register_buffer("rt_order", rt.values().long(), persistent=False)
+        self.register_buffer("user_degree", crow.diff().float().clamp_min(1.0), persistent=False)
+        self.register_buffer("item_degree", rt.crow_indices().diff().float().clamp_min(1.0),
+                             persistent=False)
+
+    def edge_scores(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``u_uᵀ i_i`` for every training edge ``(u, i)``, in ``R``'s CSR order."""
+        return (users.index_select(0, self.edge_users) * items.index_select(0, self.edge_items)).sum(1)
+
+    def user_sum(self, values: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """``Σ_{i ∈ N(u)} v_ui x_i`` for every user: ``R_v X`` with the edge values ``v`` (sparse)."""
+        return spmm(GradCSR(self.r_ones, values), items)
+
+    def item_sum(self, values: torch.Tensor, users: torch.Tensor) -> torch.Tensor:
+        """``Σ_{u ∈ N(i)} v_ui x_u`` for every item: ``R_vᵀ X``."""
+        return spmm(GradCSR(self.rt_ones, values.index_select(0, self.rt_order)), users)
+
     @classmethod
     def from_inputs(cls, cfg: GRCNConfig, inputs: ModelInputs) -> GRCN:
         return cls(inputs, cfg.modalities, cfg.embed_dim, cfg.n_layers, cfg.reg, cfg.routing_iters,
@@ -120,36 +145,32 @@ class GRCN(Recommender):
 
     def prototypes(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(û_m, î_m)`` of section 3.2.1: routed user prototypes and item contents, unit rows."""
-        eu, ei = self.edge_users, self.edge_items
+        eu = self.edge_users
         items = F.normalize(F.leaky_relu(self.projection[m](getattr(self, f"feat_{m}"))), dim=1)
         users = F.normalize(self.preference[m], dim=1)
         for _ in range(self.routing_iters):
-            logits = (users[eu] * items[ei]).sum(1)
-            p = torch.exp(logits - 1.0)  # cosines are <= 1: no overflow, same softmax
-            p = p / torch.zeros_like(users[:, 0]).index_add(0, eu, p)[eu]
-            users = F.normalize(users + torch.zeros_like(users).index_add(0, eu, p.unsqueeze(1) * items[ei]),
-                                dim=1)
+            p = torch.exp(self.edge_scores(users, items) - 1.0)  # cosines are <= 1: no overflow
+            p = p / torch.zeros_like(users[:, 0]).index_add(0, eu, p).index_select(0, eu)  # softmax
+            users = F.normalize(users + self.user_sum(p, items), dim=1)
         return users, items
 
     def refined_weights(self, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The pruned weights of both message directions for the affinities ``(E, M)``."""
         if self.weighting != "confidence":
             return refine_weights(affinity, self.weighting)
-        return refine_weights(affinity, "confidence", self.confidence[self.edge_users],
-                              self.confidence[self.n_users + self.edge_items])
+        return refine_weights(affinity, "confidence", self.confidence.index_select(0, self.edge_users),
+                              self.confidence.index_select(0, self.n_users + self.edge_items))
 
     def convolve(self, x: torch.Tensor, w_ui: torch.Tensor, w_iu: torch.Tensor) -> torch.Tensor:
         """One step of section 3.3 on the refined graph: ``x_k ← (1/|N(k)|) Σ_j ŝ_jk x_j``."""
-        eu, ei = self.edge_users, self.edge_items
         xu, xi = x[: self.n_users], x[self.n_users:]
-        users = torch.zeros_like(xu).index_add(0, eu, w_iu.unsqueeze(1) * xi[ei]) / self.user_degree[:, None]
-        items = torch.zeros_like(xi).index_add(0, ei, w_ui.unsqueeze(1) * xu[eu]) / self.item_degree[:, None]
+        users = self.user_sum(w_iu, xi) / self.user_degree[:, None]
+        items = self.item_sum(w_ui, xu) / self.item_degree[:, None]
         return torch.cat([users, items], dim=0)
 
     def propagate(self):
         protos = {m: self.prototypes(m) for m in self.names}
-        affinity = torch.stack([(u[self.edge_users] * i[self.edge_items]).sum(1) for u, i in protos.values()],
-                               dim=1)  # s^m_ui, (E, M)
+        affinity = torch.stack([self.edge_scores(u, i) for u, i in protos.values()], dim=1)  # s^m_ui
         w_ui, w_iu = self.refined_weights(affinity)
         x = F.normalize(self.id_embedding.weight, dim=1)
         parts, total = [], x

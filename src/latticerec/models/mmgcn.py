@@ -69,7 +69,8 @@ def mean_adjacency(train: torch.Tensor) -> ConstantCSR:
                                                            tuple(sym.shape))))
 
 
-def modality_features(module: nn.Module, inputs: ModelInputs, wanted: tuple[str, ...], model: str) -> list[str]:
+def modality_features(module: nn.Module, inputs: ModelInputs, wanted: tuple[str, ...],
+                      model: str) -> list[str]:
     """Register every chosen modality's features as a (non-persistent) buffer ``feat_<m>``."""
     names = feature_modalities(wanted, inputs, model)
     for m in names:

@@ -12,7 +12,9 @@ Equation numbers follow sections 2-3 of the paper:
            with probability ρ: ``s(G) = (V, M ⊙ E)``;
 * eq. 8-9  ``L_ssl = L_ssl^user + L_ssl^item``, each the InfoNCE between a node's two views with every
            node of the same kind as negative (:func:`~latticerec.models.losses.cross_view_info_nce`);
-           the anchors are the batch's distinct users and positive items;
+           the anchors are the batch's distinct users and positive items; ``ssl_negatives="batch"``
+           restricts the negatives to the batch's anchors (as RecBole's SGL; ``|B|²`` instead of
+           ``|B| N`` similarities);
 * eq. 10   ``L = L_main + λ1 L_ssl + λ2 ‖Θ‖²``: BPR on the full graph, ``ssl_weight`` ``λ1``, the
            usual L2 term ``λ2`` (``reg``).
 
@@ -38,12 +40,14 @@ from latticerec.models.losses import cross_view_info_nce
 class SGLConfig(GraphConfig):
     """SGL options on top of LightGCN's: ``ssl_weight`` (λ1 of eq. 10), ``tau`` (τ of eq. 8),
     ``drop_ratio`` (ρ of eq. 5-6) and ``augmentation`` (``edge`` or ``node``). Defaults are the
-    paper's best setting (section 4.1: ρ = 0.1, τ = 0.2, λ1 = 0.1, edge dropout)."""
+    paper's best setting (section 4.1: ρ = 0.1, τ = 0.2, λ1 = 0.1, edge dropout).
+    ``ssl_negatives``: ``all`` (eq. 8: every user / item) or ``batch`` (the batch's anchors)."""
 
     ssl_weight: float = 0.1
     tau: float = 0.2
     drop_ratio: float = 0.1
     augmentation: Literal["edge", "node"] = "edge"
+    ssl_negatives: Literal["all", "batch"] = "all"
 
     def __post_init__(self):
         super().__post_init__()
@@ -55,6 +59,8 @@ class SGLConfig(GraphConfig):
             raise ValueError("drop_ratio must be in [0, 1)")
         if self.augmentation not in ("edge", "node"):
             raise ValueError("augmentation must be 'edge' or 'node'")
+        if self.ssl_negatives not in ("all", "batch"):
+            raise ValueError("ssl_negatives must be 'all' or 'batch'")
 
 
 def edges_to_csr(users: torch.Tensor, items: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
@@ -71,9 +77,10 @@ class SGL(LightGCN):
 
     def __init__(self, n_users: int, n_items: int, train: torch.Tensor, embed_dim: int = 64,
                  n_layers: int = 3, reg: float = 1e-4, ssl_weight: float = 0.1, tau: float = 0.2,
-                 drop_ratio: float = 0.1, augmentation: str = "edge"):
+                 drop_ratio: float = 0.1, augmentation: str = "edge", ssl_negatives: str = "all"):
         super().__init__(n_users, n_items, normalized_bipartite_adjacency(train), embed_dim, n_layers, reg)
-        self.ssl_weight, self.tau, self.drop_ratio, self.augmentation = ssl_weight, tau, drop_ratio, augmentation
+        self.ssl_weight, self.tau, self.ssl_negatives = ssl_weight, tau, ssl_negatives
+        self.drop_ratio, self.augmentation = drop_ratio, augmentation
         # the training interactions, user-sorted (CSR order): the edges a view keeps or drops
         self.register_buffer("edge_users", row_indices(train.crow_indices()), persistent=False)
         self.register_buffer("edge_items", train.col_indices().clone(), persistent=False)
@@ -82,7 +89,7 @@ class SGL(LightGCN):
     @classmethod
     def from_inputs(cls, cfg: SGLConfig, inputs: ModelInputs) -> SGL:
         return cls(inputs.n_users, inputs.n_items, inputs.train, cfg.embed_dim, cfg.n_layers, cfg.reg,
-                   cfg.ssl_weight, cfg.tau, cfg.drop_ratio, cfg.augmentation)
+                   cfg.ssl_weight, cfg.tau, cfg.drop_ratio, cfg.augmentation, cfg.ssl_negatives)
 
     def sample_view(self) -> torch.Tensor:
         """One augmented graph ``s(G)`` (eq. 5 or 6), as its normalised adjacency ``D^-1/2 A D^-1/2``."""
@@ -113,7 +120,13 @@ class SGL(LightGCN):
         if self.views is None:  # a loss before any epoch started: draw the views now
             self.on_epoch_start(0)
         (u1, i1), (u2, i2) = (self.encode(v) for v in self.views)
-        ssl = cross_view_info_nce(u1, u2, users.unique(), self.tau) \
-            + cross_view_info_nce(i1, i2, pos.unique(), self.tau)  # eq. 9
-        terms["ssl"] = self.ssl_weight * ssl
+        terms["ssl"] = self.ssl_weight * (self.view_loss(u1, u2, users.unique())
+                                          + self.view_loss(i1, i2, pos.unique()))  # eq. 9
         return terms
+
+    def view_loss(self, view_a: torch.Tensor, view_b: torch.Tensor, anchors: torch.Tensor) -> torch.Tensor:
+        """Eq. 8 for the ``anchors``, against every node or (``ssl_negatives="batch"``) the anchors."""
+        if self.ssl_negatives == "all":
+            return cross_view_info_nce(view_a, view_b, anchors, self.tau)
+        local = torch.arange(anchors.numel(), device=anchors.device)
+        return cross_view_info_nce(view_a[anchors], view_b[anchors], local, self.tau)
