@@ -262,8 +262,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("train", help="train a model, evaluate it, write DIR/metrics.json")
     t.add_argument("--model", required=True, choices=_RegistryNames("MODELS"), metavar="MODEL",
                    help="lattice, micro, mmgef, cb, mf, lightgcn, ngcf; baselines pop, itemknn, vbpr, "
-                   "freedom, sgl, mmgcn, grcn, bm3 "
-                        "(the registry)")
+                   "freedom, sgl, mmgcn, grcn, bm3 (the registry)")
     t.add_argument("--data", default="synthetic", help="dataset folder or 'synthetic'")
     t.add_argument("--backbone", choices=_RegistryNames("BACKBONES"), metavar="BACKBONE",
                    help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")
