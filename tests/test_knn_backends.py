@@ -99,10 +99,11 @@ def test_rows_an_index_cannot_fill_are_searched_exactly():
     assert exact[13].tolist() == [0, 1, 2, 3]
     raw = exact.clone()  # an index's answer, most similar first (here: ascending ids, the same sets)
     raw[5, 2:] = -1  # the index returned fewer than k results
+    raw[7, 1] = raw[7, 0]  # or an id twice
     raw[13] = torch.tensor([40, 41, 42, 43])  # its answer for a zero row is arbitrary
     raw[20] = torch.cat([raw[20][raw[20] != 20], torch.tensor([79])])  # it missed the item itself
     got = knn._complete(F.normalize(x, dim=1), raw, 4, None)
-    assert torch.equal(got, exact)  # exact rows for 5 and 13; 20 gets itself back for 79
+    assert torch.equal(got, exact)  # exact rows for 5, 7 and 13; 20 gets itself back for 79
 
 
 def test_ann_values_carry_the_exact_gradient():

@@ -38,7 +38,8 @@ from latticerec.graphs.ann import BACKENDS, KnnSearch, as_search, faiss_search
 from latticerec.graphs.normalize import symmetric_normalize_csr, symmetric_values
 from latticerec.graphs.sparse import GradCSR, csr_from_parts, spmm
 
-__all__ = ["BACKENDS", "KnnSearch", "knn_graph", "knn_rows"]
+__all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indices", "knn_rows", "knn_values",
+           "pairs_graph", "skip_connection", "symmetric_normalize", "weighted_spmm"]
 
 
 def _chunk_rows(n: int, chunk_size: int | None, budget: int = 64 * 2**20) -> int:
@@ -91,11 +92,12 @@ def _exact_rows(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_size: int | N
 
 def _complete(x: torch.Tensor, ids: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
     """An index's ``(N, k)`` result (most similar first, ``-1`` for missing) held to the exact
-    contract: rows with a missing entry and rows of zeros are searched exactly, and a non-zero
-    row that lacks itself gets itself in place of its least similar neighbour (eq. 1: ``S_ii = 1``).
-    Columns ascending."""
+    contract: rows with a missing or repeated entry and rows of zeros are searched exactly, and a
+    non-zero row that lacks itself gets itself in place of its least similar neighbour (eq. 1:
+    ``S_ii = 1``). Columns ascending."""
     n = x.shape[0]
-    redo = ((ids < 0).any(dim=1) | (x.abs().sum(dim=1) == 0)).nonzero().squeeze(1)
+    repeated = (ids.sort(dim=1).values.diff(dim=1) == 0).any(dim=1)
+    redo = ((ids < 0).any(dim=1) | repeated | (x.abs().sum(dim=1) == 0)).nonzero().squeeze(1)
     if redo.numel():
         ids[redo] = _exact_rows(x, redo, k, chunk_size)
     own = torch.arange(n, device=ids.device)
