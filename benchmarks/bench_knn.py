@@ -18,7 +18,8 @@ exact, ``O(N² d)``) is skipped above ``--exact-max``.
 
 The data: ``C = round(√N)`` clusters; item ``i`` of cluster ``c`` is ``μ_c + z_i W + 0.2 ε_i`` with
 ``μ_c ~ N(0, I_d)``, a shared ``32 x d`` map ``W ~ N(0, 0.5/32)``, ``z_i ~ N(0, I_32)`` and noise
-``ε_i ~ N(0, I_d)``: clustered and of low intrinsic dimension, as content embeddings are.
+``ε_i ~ N(0, I_d)`` (``--noise`` sets the 0.2): clustered and of low intrinsic dimension, as content
+embeddings are.
 
     python benchmarks/bench_knn.py --sizes 10k,100k --dims 384,512 --threads 1
 """
@@ -43,7 +44,7 @@ def parse_size(text: str) -> int:
     return int(float(text[:-1] if scale > 1 else text) * scale)
 
 
-def clustered(n: int, d: int, seed: int = 0, block: int = 65_536):
+def clustered(n: int, d: int, seed: int = 0, noise: float = 0.2, block: int = 65_536):
     """``(n, d)`` float32 features of the module docstring, generated in row blocks."""
     import numpy as np
 
@@ -55,7 +56,7 @@ def clustered(n: int, d: int, seed: int = 0, block: int = 65_536):
     for s in range(0, n, block):
         b = min(block, n - s)
         out[s:s + b] = centres[rng.integers(0, c, b)] + rng.standard_normal((b, LATENT), dtype=np.float32) @ w
-        out[s:s + b] += 0.2 * rng.standard_normal((b, d), dtype=np.float32)
+        out[s:s + b] += noise * rng.standard_normal((b, d), dtype=np.float32)
     return out
 
 
@@ -73,7 +74,7 @@ def run_case(n: int, d: int, backend: str, a) -> dict:
     from latticerec.graphs.knn import KnnSearch, _exact_rows, knn_indices
 
     torch.set_num_threads(a.threads)
-    feats = torch.from_numpy(clustered(n, d, a.seed))
+    feats = torch.from_numpy(clustered(n, d, a.seed, a.noise))
     search = KnnSearch(backend, hnsw_m=a.hnsw_m, hnsw_efc=a.hnsw_efc, hnsw_ef=a.hnsw_ef,
                        ivf_nprobe=a.ivf_nprobe)
     before = rss_mb()
@@ -104,8 +105,8 @@ def run_case(n: int, d: int, backend: str, a) -> dict:
 
 def child_args(a) -> list[str]:
     return [f"--{k.replace('_', '-')}={v}" for k, v in vars(a).items()
-            if k in ("k", "threads", "sample", "exact_max", "exact_blocks", "chunk", "seed", "hnsw_m",
-                     "hnsw_efc", "hnsw_ef", "ivf_nprobe")]
+            if k in ("k", "threads", "sample", "exact_max", "exact_blocks", "chunk", "seed", "noise",
+                     "hnsw_m", "hnsw_efc", "hnsw_ef", "ivf_nprobe")]
 
 
 def main(argv=None) -> int:
@@ -120,6 +121,7 @@ def main(argv=None) -> int:
     p.add_argument("--exact-blocks", type=int, default=2)
     p.add_argument("--chunk", type=int, default=1024, help="rows per exact block when extrapolating")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--noise", type=float, default=0.2, help="isotropic noise (harder for ANN when larger)")
     p.add_argument("--hnsw-m", type=int, default=32)
     p.add_argument("--hnsw-efc", type=int, default=80)
     p.add_argument("--hnsw-ef", type=int, default=64)
@@ -131,7 +133,7 @@ def main(argv=None) -> int:
         n, d, backend = a.case.split(",")
         print(json.dumps(run_case(int(n), int(d), backend, a)))
         return 0
-    print(f"bench_knn: k={a.k}, {a.threads} thread(s), recall on {a.sample} sampled rows; "
+    print(f"bench_knn: k={a.k}, {a.threads} thread(s), noise {a.noise}, recall on {a.sample} sampled rows; "
           f"machine: {os.cpu_count()} cores (shared with other jobs: times are upper bounds)")
     print(f"{'items':>9} {'dim':>4} {'backend':<11} {'build s':>9} {'peak RSS MB':>11} {'+build MB':>9} "
           f"{'recall@' + str(a.k):>9}  parameters / note")
