@@ -82,10 +82,10 @@ def main(argv=None) -> int:
     ds = dataclasses.replace(ds, features=feats, item_graphs={})
     graphs = {}
 
-    def cached_knn(features, k):  # both models get the same initial graphs, built once
-        key = (features.shape[1], k)
+    def cached_knn(features, k, backend="exact"):  # both models get the same initial graphs, built once
+        key = (features.shape[1], k, backend)
         if key not in graphs:
-            graphs[key] = knn_graph(features, k)
+            graphs[key] = knn_graph(features, k, backend=backend)
         return graphs[key]
 
     inputs = dataclasses.replace(model_inputs(ds), knn_graph=cached_knn)

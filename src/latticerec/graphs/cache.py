@@ -1,7 +1,9 @@
-"""A disk cache for the initial kNN graphs, keyed by a hash of (features, k).
+"""A disk cache for the initial kNN graphs, keyed by a hash of (features, k, neighbour search).
 
 Building the initial graph of a large catalogue costs seconds to minutes (``N²d`` flops); it depends
-only on the raw features and ``k``, so it is computed once and reused by every later run. Files are
+only on the raw features, ``k`` and how neighbours are found (the resolved ``knn_backend`` and the
+parameters its result depends on, :meth:`KnnSearch.signature`; ``exact`` keeps the key it always
+had), so it is computed once and reused by every later run. Files are
 written atomically, so an interrupted run never leaves a half-written graph behind.
 
 A cache folder may be shared or tampered with, so an entry is trusted only after checks: its stored
@@ -22,7 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latticerec.graphs.knn import dense_rows_to_csr, knn_rows
+from latticerec.graphs.ann import as_search
+from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows
 from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
 
 CACHE_VERSION = "knn-v1"  # bump when the graph construction changes
@@ -35,11 +38,15 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "latticerec"
 
 
-def graph_key(features: torch.Tensor, k: int) -> str:
-    """A hex digest of the features' bytes, shape and dtype, ``k`` and the construction version."""
+def graph_key(features: torch.Tensor, k: int, backend: str | KnnSearch = "exact") -> str:
+    """A hex digest of the features' bytes, shape and dtype, ``k``, the construction version and
+    the neighbour search (for an approximate backend: its resolved name and parameters)."""
     arr = np.ascontiguousarray(features.detach().cpu().numpy())
+    method = as_search(backend).signature(arr.shape[0])
     h = hashlib.sha256()
     h.update(f"{CACHE_VERSION}|{arr.shape}|{arr.dtype}|k={k}|".encode())
+    if method != "exact":
+        h.update(f"search={method}|".encode())
     h.update(arr.tobytes())
     return h.hexdigest()[:40]
 
@@ -75,8 +82,9 @@ def read_entry(path: Path, key: str, n: int, k: int) -> tuple[np.ndarray, np.nda
 
 
 class KnnGraphCache:
-    """``cache(features, k)`` returns the normalised kNN graph of eq. 1-3 (a CSR tensor on the
-    features' device), from ``folder`` when it was built before."""
+    """``cache(features, k, backend=...)`` returns the normalised kNN graph of eq. 1-3 (a CSR tensor
+    on the features' device) with neighbours found by ``backend`` (a name or a
+    :class:`~latticerec.graphs.ann.KnnSearch`), from ``folder`` when it was built before."""
 
     def __init__(self, folder: str | Path | None = None, chunk_size: int | None = None):
         self.folder = Path(folder) if folder is not None else default_cache_dir()
@@ -94,11 +102,11 @@ class KnnGraphCache:
         check_writable(self.graphs_dir, "kNN graph cache folder")
         remove_stale_temps(self.graphs_dir, older_than=STALE_TEMP_SECONDS)
 
-    def path_for(self, features: torch.Tensor, k: int) -> Path:
-        return self.graphs_dir / f"knn-{graph_key(features, k)}.npz"
+    def path_for(self, features: torch.Tensor, k: int, backend: str | KnnSearch = "exact") -> Path:
+        return self.graphs_dir / f"knn-{graph_key(features, k, backend)}.npz"
 
-    def __call__(self, features: torch.Tensor, k: int) -> torch.Tensor:
-        key = graph_key(features, k)
+    def __call__(self, features: torch.Tensor, k: int, backend: str | KnnSearch = "exact") -> torch.Tensor:
+        key = graph_key(features, k, backend)
         path = self.graphs_dir / f"knn-{key}.npz"
         dev = features.device
         if path.exists():
@@ -112,7 +120,7 @@ class KnnGraphCache:
                 return dense_rows_to_csr(torch.from_numpy(nbr).to(dev), torch.from_numpy(val).to(dev))
         self.misses += 1
         with torch.no_grad():
-            nbr, val = knn_rows(features, k, self.chunk_size, progress=True)
+            nbr, val = knn_rows(features, k, self.chunk_size, progress=True, backend=backend)
         buf = io.BytesIO()
         np.savez(buf, key=np.array(key), neighbours=nbr.cpu().numpy().astype(np.int32),
                  values=val.cpu().numpy())

@@ -12,6 +12,20 @@ Graphs are torch sparse CSR tensors with exactly ``k`` stored entries per row (b
 normalisation; entries whose similarity was suppressed to 0 stay stored with value 0 so the shape
 of the graph is fixed). Ties are broken towards the lower column index, so the graph is a
 deterministic function of the features.
+
+How the neighbours of eq. 2 are *found* is a :class:`KnnSearch` (option ``knn_backend``):
+
+* ``exact``       every pair, ``chunk x N`` similarities at a time (``O(N² d)``);
+* ``faiss-flat``  faiss's exact brute-force inner-product search (the same lists up to ties);
+* ``faiss-hnsw``  a faiss HNSW graph (``IndexHNSWFlat``, inner product), approximate;
+* ``faiss-ivf``   a faiss inverted file (``IndexIVFFlat``, k-means cells, inner product), approximate;
+* ``auto``        ``exact`` up to ``auto_items`` items, ``faiss-hnsw`` above (docs/knn.md).
+
+Whatever the backend, the graph has the same contract: ``k`` neighbours per row, columns ascending,
+the item itself included (as eq. 1 gives it similarity 1), and values computed *exactly* for the
+selected pairs by :func:`knn_values` (eq. 1, differentiable), so an ANN only chooses which pairs
+are stored and gradients reach the features exactly as with ``exact``. Rows an index could not
+fill with ``k`` results are searched exactly.
 """
 
 from __future__ import annotations
@@ -20,10 +34,12 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from latticerec.graphs.ann import BACKENDS, KnnSearch, as_search, faiss_search
 from latticerec.graphs.normalize import symmetric_normalize_csr, symmetric_values
 from latticerec.graphs.sparse import GradCSR, csr_from_parts, spmm
 
-BACKENDS = ("exact",)  # how neighbours are found; approximate (ANN) backends come later
+__all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indices", "knn_rows", "knn_values",
+           "pairs_graph", "skip_connection", "symmetric_normalize", "weighted_spmm"]
 
 
 def _chunk_rows(n: int, chunk_size: int | None, budget: int = 64 * 2**20) -> int:
@@ -58,28 +74,58 @@ def _topk_deterministic(sim: torch.Tensor, k: int) -> torch.Tensor:
     return out.sort(dim=1).values  # a canonical order: columns ascending
 
 
-@torch.no_grad()
-def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
+def _exact_rows(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_size: int | None,
                 progress: bool = False) -> torch.Tensor:
-    """Neighbour indices ``(N, k)`` of the top-k cosine similarities of each row (eq. 1-2).
-
-    The item itself is a candidate (its similarity is 1), as in the LATTICE code. Rows of zeros have
-    similarity 0 to everything and get the k lowest indices.
-    """
-    n = features.shape[0]
-    if not 1 <= k <= n:
-        raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
-    x = F.normalize(features.detach().float(), dim=1)
+    """Exact top-k columns ``(len(rows), k)`` of the normalised ``x`` for the given rows, comparing
+    ``chunk x N`` similarities at a time."""
+    n = x.shape[0]
     step = _chunk_rows(n, chunk_size)
-    out = torch.empty(n, k, dtype=torch.long, device=features.device)
-    starts = range(0, n, step)
+    out = torch.empty(rows.numel(), k, dtype=torch.long, device=x.device)
+    starts = range(0, rows.numel(), step)
     if progress:
         starts = tqdm(starts, desc=f"kNN graph ({n} items, k={k})", unit="chunk", leave=False,
                       disable=None)
     for start in starts:
-        sim = x[start:start + step] @ x.T
-        out[start:start + step] = _topk_deterministic(sim, k)
+        out[start:start + step] = _topk_deterministic(x[rows[start:start + step]] @ x.T, k)
     return out
+
+
+def _complete(x: torch.Tensor, ids: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
+    """An index's ``(N, k)`` result (most similar first, ``-1`` for missing) held to the exact
+    contract: rows with a missing or repeated entry and rows of zeros are searched exactly, and a
+    non-zero row that lacks itself gets itself in place of its least similar neighbour (eq. 1:
+    ``S_ii = 1``). Columns ascending."""
+    n = x.shape[0]
+    repeated = (ids.sort(dim=1).values.diff(dim=1) == 0).any(dim=1)
+    redo = ((ids < 0).any(dim=1) | repeated | (x.abs().sum(dim=1) == 0)).nonzero().squeeze(1)
+    if redo.numel():
+        ids[redo] = _exact_rows(x, redo, k, chunk_size)
+    own = torch.arange(n, device=ids.device)
+    lacks = ~(ids == own.unsqueeze(1)).any(dim=1)
+    lacks[redo] = False
+    ids[lacks, k - 1] = own[lacks]
+    return ids.sort(dim=1).values
+
+
+@torch.no_grad()
+def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
+                progress: bool = False, backend: str | KnnSearch = "exact") -> torch.Tensor:
+    """Neighbour indices ``(N, k)`` of the top-k cosine similarities of each row (eq. 1-2), found by
+    ``backend`` (a name of :data:`BACKENDS` or a :class:`KnnSearch`); columns ascending.
+
+    The item itself is a candidate (its similarity is 1), as in the LATTICE code. Rows of zeros have
+    similarity 0 to everything and get the k lowest indices.
+    """
+    search = as_search(backend)
+    n = features.shape[0]
+    if not 1 <= k <= n:
+        raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
+    x = F.normalize(features.detach().float(), dim=1)
+    method = search.resolve(n)
+    if method == "exact":
+        return _exact_rows(x, torch.arange(n, device=x.device), k, chunk_size, progress)
+    ids = faiss_search(x.cpu().numpy(), k, method, search, progress)
+    return _complete(x, torch.from_numpy(ids).to(x.device), k, chunk_size)
 
 
 def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 16 * 2**20) -> torch.Tensor:
@@ -118,21 +164,22 @@ def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.T
 
 
 def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, normalize: bool = True,
-             progress: bool = False, backend: str = "exact") -> tuple[torch.Tensor, torch.Tensor]:
+             progress: bool = False, backend: str | KnnSearch = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1-3 as an ``(N, k)`` neighbour list and its values: the top-k cosine neighbours of every
     row (eq. 1-2), their suppressed similarities, symmetric normalised (eq. 3) unless ``normalize``
-    is false. ``backend="exact"`` compares every pair in row chunks (the only backend for now)."""
-    if backend not in BACKENDS:
-        raise ValueError(f"knn backend {backend!r} is not available; available: {', '.join(BACKENDS)}")
+    is false. ``backend`` (a name or a :class:`KnnSearch`) only chooses the neighbours: ``exact``
+    compares every pair in row chunks, the faiss backends search an index (module docstring); the
+    values are the exact, differentiable similarities of the chosen pairs either way."""
+    search = as_search(backend)
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
-    neighbours = knn_indices(features, k, chunk_size, progress)
+    neighbours = knn_indices(features, k, chunk_size, progress, search)
     values = knn_values(features, neighbours)
     return neighbours, symmetric_normalize(neighbours, values) if normalize else values
 
 
 def knn_graph(features: torch.Tensor, k: int = 10, chunk_size: int | None = None,
-              normalize: bool = True, backend: str = "exact") -> torch.Tensor:
+              normalize: bool = True, backend: str | KnnSearch = "exact") -> torch.Tensor:
     """The normalised kNN graph ``S̃`` of eq. 1-3 as an ``N x N`` sparse CSR tensor
     (:func:`knn_rows` in CSR form); the entry point of every kNN item graph.
 

@@ -38,8 +38,9 @@ class ModelInputs:
     train: torch.Tensor  # users x items binary interactions, sparse CSR
     features: dict[str, torch.Tensor] = field(default_factory=dict)  # modality -> (n_items, d_m)
     item_graphs: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> sparse (I x I)
-    # (features, k) -> the normalised kNN graph of eq. 1-3; the trainer passes a disk-cached one
-    knn_graph: Callable[[torch.Tensor, int], torch.Tensor] = knn_graph
+    # (features, k, backend=...) -> the normalised kNN graph of eq. 1-3 with neighbours found by
+    # the model's knn_backend; the trainer passes a disk-cached one
+    knn_graph: Callable[..., torch.Tensor] = knn_graph
 
 
 class Recommender(nn.Module):

@@ -138,8 +138,10 @@ class MMGEF(StructureModel):
     def from_inputs(cls, cfg: MMGEFConfig, inputs: ModelInputs, backbone: Backbone) -> MMGEF:
         names = feature_modalities(cfg.modalities, inputs, "mmgef")
         fused = fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion)
-        structure = LatentStructure({FUSED: inputs.knn_graph(fused, cfg.knn_k)}, {FUSED: fused},
-                                    backbone.embed_dim, cfg.knn_k, cfg.lambda_coeff)
+        search = cfg.knn_search()
+        initial = {FUSED: inputs.knn_graph(fused, cfg.knn_k, backend=search)}
+        structure = LatentStructure(initial, {FUSED: fused}, backbone.embed_dim, cfg.knn_k,
+                                    cfg.lambda_coeff, search=search)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)
         return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0,
                    fusion=(tuple(names), cfg.feature_fusion))

@@ -8,6 +8,8 @@ group                  options                                     used by
 =====================  ==========================================  ===============================
 :class:`Modalities`    ``modalities``                              lattice, micro, mmgef, cb
 :class:`Structure`     ``backbone knn_k lambda_coeff item_layers``  lattice, micro, mmgef
+:class:`KnnBackend`    ``knn_backend knn_auto_items knn_hnsw_ef``   lattice, micro, mmgef
+                       ``knn_ivf_nprobe`` (part of Structure)
 :class:`FeatureAblations` ``cf_feats feats_input``                 lattice, micro
 :class:`FeatureFusion` ``feature_fusion``                          mmgef, cb
 =====================  ==========================================  ===============================
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from latticerec.graphs.ann import AUTO_ITEMS, KnnSearch
 from latticerec.graphs.fusion import FUSIONS
 
 LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
@@ -50,7 +53,29 @@ class Modalities(_Group):
 
 
 @dataclass(frozen=True)
-class Structure(Modalities):
+class KnnBackend(_Group):
+    """How the neighbours of every kNN item graph (the initial graphs and the graphs re-learned each
+    epoch) are found: ``knn_backend`` ``exact | faiss-flat | faiss-hnsw | faiss-ivf | auto`` (auto:
+    exact up to ``knn_auto_items`` items, faiss HNSW above), HNSW's ``knn_hnsw_ef`` (efSearch) and
+    IVF's ``knn_ivf_nprobe`` (cells scanned per query); :class:`~latticerec.graphs.ann.KnnSearch`."""
+
+    knn_backend: str = "exact"
+    knn_auto_items: int = AUTO_ITEMS
+    knn_hnsw_ef: int = KnnSearch.hnsw_ef
+    knn_ivf_nprobe: int = KnnSearch.ivf_nprobe
+
+    def __post_init__(self):
+        self.knn_search()  # a ValueError naming the option
+        super().__post_init__()
+
+    def knn_search(self) -> KnnSearch:
+        """The options as a :class:`~latticerec.graphs.ann.KnnSearch`."""
+        return KnnSearch(self.knn_backend, auto_items=self.knn_auto_items, hnsw_ef=self.knn_hnsw_ef,
+                         ivf_nprobe=self.knn_ivf_nprobe)
+
+
+@dataclass(frozen=True)
+class Structure(KnnBackend, Modalities):
     """The latent structure learner (eq. 1-6) and the backbone it is plugged into: ``knn_k`` (k of
     eq. 2), ``lambda_coeff`` (λ of eq. 5; 1 = the initial graphs only), ``item_layers`` (L of eq. 6)."""
 

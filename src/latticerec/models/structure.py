@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.errors import ConfigError
-from latticerec.graphs.knn import dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
+from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
 from latticerec.graphs.sparse import ConstantCSR, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
@@ -73,15 +73,18 @@ class LatentStructure(nn.Module):
     """The per-modality latent graphs ``A_m = λ S̃_m + (1 - λ) Ã_m`` (eq. 1-5).
 
     Raw features are fixed buffers; the projections ``W_m, b_m`` (eq. 4) are the trainable part.
+    ``search`` (option ``knn_backend``) finds the learned graphs' neighbours; their values are the
+    exact, differentiable similarities of the chosen pairs whatever the backend.
     The learned graphs' neighbour lists and values are persistent buffers, so a checkpoint restores
     the exact graph a model was evaluated with.
     """
 
     def __init__(self, initial: dict[str, torch.Tensor], features: dict[str, torch.Tensor],
-                 embed_dim: int, knn_k: int, lam: float, project: bool = False):
+                 embed_dim: int, knn_k: int, lam: float, project: bool = False,
+                 search: str | KnnSearch = "exact"):
         super().__init__()
         self.names = list(initial)
-        self.knn_k, self.lam = knn_k, lam
+        self.knn_k, self.lam, self.search = knn_k, lam, search
         self.learn = lam < 1.0
         if self.learn:
             no_feats = [m for m in self.names if m not in features]
@@ -128,7 +131,7 @@ class LatentStructure(nn.Module):
                 self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
             return self._constant[m]
         with torch.set_grad_enabled(with_grad):
-            nbr, val = knn_rows(self.projected(m), self.knn_k)
+            nbr, val = knn_rows(self.projected(m), self.knn_k, backend=self.search)
         nbr_buf.copy_(nbr)
         val_buf.copy_(val.detach())
         self._constant.pop(m, None)
@@ -241,10 +244,12 @@ class StructureModel(Recommender):
 def build_structure(cfg, inputs: ModelInputs, embed_dim: int) -> LatentStructure:
     """Initial graphs for the chosen modalities (precomputed item graphs are used as given; features
     get the cached kNN graph of eq. 1-3) and the learned-graph machinery around them; ``cfg`` is a
-    :class:`~latticerec.models.options.Structure` config (with :class:`FeatureAblations`)."""
+    :class:`~latticerec.models.options.Structure` config (with :class:`FeatureAblations`); both
+    kinds of kNN graph use its ``knn_backend``."""
     names = select_modalities(cfg.modalities, inputs)
-    initial = {m: inputs.knn_graph(inputs.features[m], cfg.knn_k) if m in inputs.features
+    search = cfg.knn_search()
+    initial = {m: inputs.knn_graph(inputs.features[m], cfg.knn_k, backend=search) if m in inputs.features
                else inputs.item_graphs[m] for m in names}
     feats = {m: inputs.features[m] for m in names if m in inputs.features}
     return LatentStructure(initial, feats, embed_dim, cfg.knn_k, cfg.skip_lambda(),
-                           project=cfg.cf_feats or cfg.feats_input)
+                           project=cfg.cf_feats or cfg.feats_input, search=search)
