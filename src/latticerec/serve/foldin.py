@@ -119,7 +119,8 @@ def _graph_arrays(structure, features: dict, learn: bool) -> dict:
         if learn:
             proj = structure.projected(m).cpu()
             out[f"proj_unit.{m}"] = F.normalize(proj, dim=1)
-            out[f"proj_degree.{m}"] = _row_degrees(proj, knn_indices(proj, structure.knn_k))
+            out[f"proj_degree.{m}"] = _row_degrees(proj, knn_indices(proj, structure.knn_k,
+                                                                     backend=structure.search))
     return out
 
 
