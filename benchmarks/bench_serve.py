@@ -234,7 +234,7 @@ def main() -> int:
                    help="connections for exact search over a large catalogue")
     p.add_argument("--posts", type=int, default=100)
     p.add_argument("--hnsw-m", type=int, default=32)
-    p.add_argument("--hnsw-ef-construction", type=int, default=80)
+    p.add_argument("--hnsw-ef-construction", type=int, default=200)
     p.add_argument("--hnsw-ef-search", type=int, default=128)
     p.add_argument("--hnsw-target-recall", type=float)
     p.add_argument("--start-timeout", type=float, default=1200)

@@ -106,7 +106,7 @@ def serve_arguments(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--index", choices=("exact", "hnsw"), default="exact",
                    help="exact top-k, or a faiss HNSW index (its recall@20 is reported in /health)")
     s.add_argument("--hnsw-m", type=positive_int, default=32, help="HNSW graph degree M")
-    s.add_argument("--hnsw-ef-construction", type=positive_int, default=80)
+    s.add_argument("--hnsw-ef-construction", type=positive_int, default=200)
     s.add_argument("--hnsw-ef-search", type=positive_int, default=128,
                    help="HNSW search breadth (at least 2 (k + seen items) is used)")
     s.add_argument("--hnsw-target-recall", type=fraction, default=None, metavar="R",

@@ -66,7 +66,7 @@ class HNSWIndex(ExactIndex):
 
     kind = "hnsw"
 
-    def __init__(self, base: np.ndarray, m: int = 32, ef_construction: int = 80, ef_search: int = 128,
+    def __init__(self, base: np.ndarray, m: int = 32, ef_construction: int = 200, ef_search: int = 128,
                  cache_dir: str | Path | None = None):
         import faiss
 
