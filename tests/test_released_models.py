@@ -81,7 +81,8 @@ def test_released_ngcf_layer_matches_the_formula(blocks):
     layers = [x]
     for w1, w2 in zip(model.w_gc, model.w_bi, strict=True):
         side = dense @ x
-        x = F.leaky_relu(side @ w1.weight.T + w1.bias, 0.01) + F.leaky_relu((x * side) @ w2.weight.T + w2.bias, 0.01)
+        x = (F.leaky_relu(side @ w1.weight.T + w1.bias, 0.01)
+             + F.leaky_relu((x * side) @ w2.weight.T + w2.bias, 0.01))
         layers.append(F.normalize(x, dim=1))
     ref = torch.stack(layers).mean(0)
     users, items = model.propagate()
@@ -105,7 +106,8 @@ def test_trainable_features_move_but_the_initial_graph_and_the_data_do_not(block
     frozen = _build(blocks)
     assert not any(n in dict(frozen.named_parameters()) for n in names)
     data_before = {m: f.copy() for m, f in blocks.features.items()}
-    initial_before = {m: _dense(getattr(model.structure, f"initial_{m}")).clone() for m in model.structure.names}
+    initial_before = {m: _dense(getattr(model.structure, f"initial_{m}")).clone()
+                      for m in model.structure.names}
     opt = torch.optim.Adam(model.parameters(), lr=0.1)
     model.train()
     model.on_epoch_start(0)
