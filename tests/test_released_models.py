@@ -4,12 +4,14 @@ each against a hand-computed or dense reference, each rejected when misspelt."""
 import math
 
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from latticerec.errors import ConfigError
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency, released_bipartite_adjacency
 from latticerec.graphs.knn import knn_rows
+from latticerec.graphs.sparse import to_torch_csr
 from latticerec.train.build import build_model, resolve_config
 from latticerec.train.sampling import BPRSampler
 from latticerec.train.trainer import fit
@@ -46,16 +48,16 @@ def _dense(graph):
 # -- #15 adj_norm --------------------------------------------------------------------------------------
 
 def test_released_adjacency_is_the_hand_computed_row_normalised_matrix():
-    adj = released_bipartite_adjacency(TOY.to_sparse_csr())
+    adj = released_bipartite_adjacency(to_torch_csr(sp.csr_matrix(TOY.numpy())))
     assert torch.allclose(adj.to_dense(), TOY_RELEASED)
     assert torch.allclose(adj.to_dense().sum(1), torch.ones(5))
-    sym = normalized_bipartite_adjacency(TOY.to_sparse_csr()).to_dense()
+    sym = normalized_bipartite_adjacency(to_torch_csr(sp.csr_matrix(TOY.numpy()))).to_dense()
     assert sym[0, 0] == 0 and torch.allclose(sym, sym.T)  # the default: no self-loop, symmetric
 
 
 def test_lightgcn_propagates_and_backpropagates_over_the_released_adjacency(blocks):
     model = _build(blocks, "lightgcn", adj_norm="released", n_layers=1)
-    dense = released_bipartite_adjacency(torch.as_tensor(blocks.train.toarray()).to_sparse_csr()).to_dense()
+    dense = released_bipartite_adjacency(to_torch_csr(blocks.train)).to_dense()
     x = torch.cat([model.user_embedding.weight, model.item_embedding.weight])
     users, items = model.propagate()
     ref = (x + dense @ x) / 2
