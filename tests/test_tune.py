@@ -112,7 +112,8 @@ def test_train_config_round_trip(tmp_path, capsys):
     assert main(["train", "--model", "lightgcn", "--config", str(cfg), "--set", "n_layers=2", "--epochs", "1",
                  "--out", str(out), "--quiet"]) == 0
     saved = json.loads((out / "config.json").read_text())["config"]
-    assert saved["model_config"] == {"embed_dim": 8, "reg": 1e-4, "n_layers": 2}  # --set on top
+    assert saved["model_config"] == {"embed_dim": 8, "reg": 1e-4, "n_layers": 2,
+                                     "adj_norm": "symmetric"}  # --set on top
     assert saved["train"]["lr"] == 0.002 and saved["train"]["epochs"] == 1
     toml = tmp_path / "best.toml"
     toml.write_text('model = "lightgcn"\n[options]\nembed_dim = 8\nlearning_rate = 0.1\n')

@@ -156,7 +156,9 @@ class TrainConfig:
     (``none``: gradients reset to ``None``, so Adam skips a parameter without gradient in a batch;
     ``zeros``: reset to zero, so Adam still moves it with its momentum, as under torch 1.5) and
     ``reg_on`` (``ego``: L2 on the batch's layer-0 ID embeddings; ``final``: on the final batch
-    representations that enter the BPR scores, as the released code)."""
+    representations that enter the BPR scores, as the released code). ``rebuild_on_eval``: the
+    learned item graphs are rebuilt from the current projections (without gradient) before every
+    validation and test evaluation, as the released code's ``Trainer.test``."""
 
     lr: float = 1e-3
     batch_size: int = 2048
@@ -172,6 +174,7 @@ class TrainConfig:
     zero_grad: str = "none"
     reg_on: str = "ego"
     protocol: str = "latticerec"
+    rebuild_on_eval: bool = False
 
     # (name, allowed values) of the string options
     CHOICES = (("ndcg", ("standard", "legacy")), ("sampler", ("interaction", "user")),
@@ -196,3 +199,5 @@ class TrainConfig:
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {', '.join(map(repr, allowed))}, "
                                  f"got {getattr(self, name)!r}")
+        if not isinstance(self.rebuild_on_eval, bool):
+            raise ValueError(f"rebuild_on_eval must be true or false, got {self.rebuild_on_eval!r}")

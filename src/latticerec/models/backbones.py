@@ -7,19 +7,22 @@ multimodal models wrap a backbone and add to its item representations.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latticerec.graphs.adjacency import normalized_bipartite_adjacency
-from latticerec.graphs.sparse import constant_spmm
+from latticerec.graphs.adjacency import normalized_bipartite_adjacency, released_bipartite_adjacency
+from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.base import ModelInputs, Recommender
 
 # Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
 # high) or ("choice", (values...)); keys are ``--set`` keys (training options such as ``lr`` too).
 EMBEDDING_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-2)}
 GRAPH_SPACE = {**EMBEDDING_SPACE, "n_layers": ("int", 1, 4)}
+ADJ_NORMS = ("symmetric", "released")
+NGCF_LAYERS = ("latticerec", "released")
 
 
 @dataclass(frozen=True)
@@ -38,27 +41,43 @@ class EmbeddingConfig:
 
 @dataclass(frozen=True)
 class GraphConfig(EmbeddingConfig):
-    """Graph backbones (LightGCN, NGCF): ``n_layers`` propagation steps over the user-item graph."""
+    """Graph backbones (LightGCN, NGCF): ``n_layers`` propagation steps over the user-item graph;
+    ``adj_norm`` its normalisation: ``symmetric`` ``D^-1/2 A D^-1/2`` (the papers) or ``released``
+    ``D^-1 (A + I)`` (the released LATTICE/MICRO code, :func:`released_bipartite_adjacency`)."""
 
     n_layers: int = 3
+    adj_norm: Literal["symmetric", "released"] = "symmetric"
 
     def __post_init__(self):
         super().__post_init__()
         if self.n_layers < 0:
             raise ValueError("n_layers must be >= 0")
+        if self.adj_norm not in ADJ_NORMS:
+            raise ValueError(f"adj_norm must be one of {', '.join(ADJ_NORMS)}, got {self.adj_norm!r}")
+
+    def adjacency(self, train: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The user-item adjacency ``Â`` of ``adj_norm`` and its transpose (``None``: symmetric)."""
+        if self.adj_norm == "released":
+            adj = released_bipartite_adjacency(train)
+            return adj, transpose_csr(adj)
+        return normalized_bipartite_adjacency(train), None
 
 
 @dataclass(frozen=True)
 class NGCFConfig(GraphConfig):
     """NGCF adds ``mess_dropout``: the dropout rate applied to each layer's messages during training
-    (0 turns it off)."""
+    (0 turns it off), and ``ngcf``: the layer of :class:`NGCF` (``latticerec``) or of the released
+    LATTICE/MICRO code (``released``)."""
 
     mess_dropout: float = 0.1
+    ngcf: Literal["latticerec", "released"] = "latticerec"
 
     def __post_init__(self):
         super().__post_init__()
         if not 0 <= self.mess_dropout < 1:
             raise ValueError("mess_dropout must be in [0, 1)")
+        if self.ngcf not in NGCF_LAYERS:
+            raise ValueError(f"ngcf must be one of {', '.join(NGCF_LAYERS)}, got {self.ngcf!r}")
 
 
 class Backbone(Recommender):
@@ -111,21 +130,22 @@ class LightGCN(Backbone):
     SEARCH_SPACE = GRAPH_SPACE
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, embed_dim: int = 64,
-                 n_layers: int = 3, reg: float = 1e-4):
+                 n_layers: int = 3, reg: float = 1e-4, adj_t: torch.Tensor | None = None):
         super().__init__(n_users, n_items, embed_dim, reg)
         self.n_layers = n_layers
         self.register_buffer("adj", adj, persistent=False)
+        self.register_buffer("adj_t", adj_t, persistent=False)  # None: Â is symmetric, Âᵀ = Â
 
     @classmethod
     def from_inputs(cls, cfg: GraphConfig, inputs: ModelInputs) -> LightGCN:
-        adj = normalized_bipartite_adjacency(inputs.train)
-        return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg)
+        adj, adj_t = cfg.adjacency(inputs.train)
+        return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg, adj_t)
 
     def propagate_with(self, item_ego):
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         total = x
         for _ in range(self.n_layers):
-            x = constant_spmm(self.adj, x)  # Â is symmetric: Âᵀ = Â
+            x = constant_spmm(self.adj, x, self.adj_t)
             total = total + x
         out = total / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users:]
@@ -134,39 +154,49 @@ class LightGCN(Backbone):
 class NGCF(Backbone):
     """NGCF (Wang et al., 2019), eq. 7 in matrix form:
     ``E^(l) = LeakyReLU((L + I) E^(l-1) W1 + (L E^(l-1)) ⊙ E^(l-1) W2)``, message dropout, each layer
-    L2-normalised; the representation concatenates layers 0..L (width ``d (L + 1)``)."""
+    L2-normalised; the representation concatenates layers 0..L (width ``d (L + 1)``).
+
+    ``layer="released"``: the released LATTICE/MICRO code's layer,
+    ``E^(l) = LeakyReLU_0.01(Â E^(l-1) W1) + LeakyReLU_0.01((E^(l-1) ⊙ Â E^(l-1)) W2)`` with
+    ``nn.Linear``'s default initialisation, message dropout, and the representation the **mean** of
+    layer 0 and the L2-normalised layers 1..L (width ``d``)."""
 
     Config = NGCFConfig
     SEARCH_SPACE = {**GRAPH_SPACE, "n_layers": ("int", 1, 3), "mess_dropout": ("float", 0.0, 0.5)}
 
     def __init__(self, n_users: int, n_items: int, adj: torch.Tensor, embed_dim: int = 64,
-                 n_layers: int = 3, reg: float = 1e-4, mess_dropout: float = 0.1):
+                 n_layers: int = 3, reg: float = 1e-4, mess_dropout: float = 0.1,
+                 adj_t: torch.Tensor | None = None, layer: str = "latticerec"):
         super().__init__(n_users, n_items, embed_dim, reg)
-        self.n_layers, self.mess_dropout = n_layers, mess_dropout
+        self.n_layers, self.mess_dropout, self.released = n_layers, mess_dropout, layer == "released"
         self.register_buffer("adj", adj, persistent=False)
+        self.register_buffer("adj_t", adj_t, persistent=False)  # None: Â is symmetric, Âᵀ = Â
         self.w_gc = nn.ModuleList(nn.Linear(embed_dim, embed_dim) for _ in range(n_layers))
         self.w_bi = nn.ModuleList(nn.Linear(embed_dim, embed_dim) for _ in range(n_layers))
-        for lin in [*self.w_gc, *self.w_bi]:
+        for lin in [] if self.released else [*self.w_gc, *self.w_bi]:  # released: nn.Linear's init
             nn.init.xavier_uniform_(lin.weight)
             nn.init.zeros_(lin.bias)
 
     @classmethod
     def from_inputs(cls, cfg: NGCFConfig, inputs: ModelInputs) -> NGCF:
-        adj = normalized_bipartite_adjacency(inputs.train)
+        adj, adj_t = cfg.adjacency(inputs.train)
         return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg,
-                   cfg.mess_dropout)
+                   cfg.mess_dropout, adj_t, cfg.ngcf)
 
     @property
     def out_dim(self) -> int:
-        return self.embed_dim * (self.n_layers + 1)
+        return self.embed_dim * (1 if self.released else self.n_layers + 1)
 
     def propagate_with(self, item_ego):
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         layers = [x]
         for w_gc, w_bi in zip(self.w_gc, self.w_bi, strict=True):
-            side = constant_spmm(self.adj, x)  # Â is symmetric: Âᵀ = Â
-            x = F.leaky_relu(w_gc(side + x), 0.2) + F.leaky_relu(w_bi(side * x), 0.2)
+            side = constant_spmm(self.adj, x, self.adj_t)
+            if self.released:
+                x = F.leaky_relu(w_gc(side), 0.01) + F.leaky_relu(w_bi(x * side), 0.01)
+            else:
+                x = F.leaky_relu(w_gc(side + x), 0.2) + F.leaky_relu(w_bi(side * x), 0.2)
             x = F.dropout(x, self.mess_dropout, self.training)
             layers.append(F.normalize(x, p=2, dim=1))
-        out = torch.cat(layers, dim=1)
+        out = torch.stack(layers).mean(0) if self.released else torch.cat(layers, dim=1)
         return out[: self.n_users], out[self.n_users:]

@@ -60,6 +60,9 @@ class Recommender(nn.Module):
     def on_epoch_start(self, epoch: int) -> None:
         """Hook called before each training epoch; nothing by default."""
 
+    def before_evaluation(self) -> None:
+        """Hook the trainer calls before an evaluation with ``rebuild_on_eval``; nothing by default."""
+
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.bpr_terms(*self.propagate(), users, pos, neg)
 

@@ -35,14 +35,20 @@ from latticerec.graphs.sparse import constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
 from latticerec.models.losses import info_nce, orthogonality_loss
-from latticerec.models.options import LATTICE_LAMBDA, STRUCTURE_SPACE, FeatureAblations, Structure
+from latticerec.models.options import (
+    LATTICE_LAMBDA,
+    STRUCTURE_SPACE,
+    FeatureAblations,
+    RawFeatures,
+    Structure,
+)
 from latticerec.models.structure import LatentStructure, StructureModel, add_item_signal, build_structure
 
 MICRO_LAMBDA = 0.7  # λ of eq. 5 with fusion (paper, section 4.1.4)
 
 
 @dataclass(frozen=True)
-class MicroConfig(Structure, FeatureAblations):
+class MicroConfig(Structure, FeatureAblations, RawFeatures):
     """MICRO options: the structure learner's (``item_layers`` = ``L``) and LATTICE's
     ``feats_input``/``cf_feats`` ablations, plus the fusion ones. Defaults: ``k = 10``, ``τ = 0.5``
     (paper, section 4.1.4); ``lambda_coeff`` unset means ``λ = 0.7`` with fusion (the paper's) and
@@ -50,7 +56,9 @@ class MicroConfig(Structure, FeatureAblations):
     code (0.03 times the *sum* over two modalities; eq. 9 takes their mean); ``beta_s`` has no
     published value.
 
-    ``cl_batch`` / ``cl_negatives`` choose the items of ``L_C`` (see :class:`Micro`)."""
+    ``cl_batch`` / ``cl_negatives`` choose the items of ``L_C`` (see :class:`Micro`); ``att_init``
+    the attention layers' initialisation: ``xavier`` (Xavier weights, zero bias) or ``torch``
+    (``nn.Linear``'s default, the released code); ``train_features`` see :class:`RawFeatures`."""
 
     lambda_coeff: float | None = None
     fusion: bool = True
@@ -62,6 +70,7 @@ class MicroConfig(Structure, FeatureAblations):
     cl_batch: int = 1024
     cl_negatives: Literal["batch", "all"] = "batch"
     cl_chunk: int = 4096
+    att_init: Literal["xavier", "torch"] = "xavier"
 
     def __post_init__(self):
         super().__post_init__()
@@ -75,6 +84,8 @@ class MicroConfig(Structure, FeatureAblations):
             raise ValueError("cl_batch must be >= 0 (0: every item at every step)")
         if self.cl_negatives not in ("batch", "all"):
             raise ValueError("cl_negatives must be 'batch' or 'all'")
+        if self.att_init not in ("xavier", "torch"):
+            raise ValueError(f"att_init must be 'xavier' or 'torch', got {self.att_init!r}")
 
     def skip_lambda(self) -> float:
         """``lambda_coeff``, or by default 0.7 with fusion and LATTICE's 0.9 without."""
@@ -136,7 +147,8 @@ class Micro(StructureModel):
                  item_layers: int = 1, cf_feats: bool = False, feats_input: bool = False,
                  fusion: bool = True, specific: bool = True, preference: bool = True,
                  beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
-                 cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096):
+                 cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096,
+                 att_init: str = "xavier"):
         # without fusion: LATTICE's modality weights, under LATTICE's names
         super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=not fusion)
         self.fusion, self.specific, self.preference = fusion, specific, preference
@@ -148,7 +160,7 @@ class Micro(StructureModel):
         self.att_w = nn.Linear(d, d)  # W, b of eq. 7
         self.att_q1 = nn.Linear(d, 1, bias=False)  # q1 of eq. 7
         self.att_q2 = nn.Linear(d, 1, bias=False) if specific else None  # q2 of eq. 14
-        for lin in (self.att_w, self.att_q1, self.att_q2):
+        for lin in (self.att_w, self.att_q1, self.att_q2) if att_init == "xavier" else ():
             if lin is not None:
                 nn.init.xavier_uniform_(lin.weight)
                 if lin.bias is not None:
@@ -160,11 +172,14 @@ class Micro(StructureModel):
 
     @classmethod
     def from_inputs(cls, cfg: MicroConfig, inputs: ModelInputs, backbone: Backbone) -> Micro:
-        return cls(backbone, build_structure(cfg, inputs, backbone.embed_dim), inputs.train,
+        structure = build_structure(cfg, inputs, backbone.embed_dim)
+        if cfg.train_features:
+            structure.train_raw_features()
+        return cls(backbone, structure, inputs.train,
                    item_layers=cfg.item_layers, cf_feats=cfg.cf_feats, feats_input=cfg.feats_input,
                    fusion=cfg.fusion, specific=cfg.specific, preference=cfg.preference,
                    beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
-                   cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk)
+                   cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk, att_init=cfg.att_init)
 
     # -- MICRO ---------------------------------------------------------------------------------
     def shared_attention(self, modal: torch.Tensor) -> torch.Tensor:

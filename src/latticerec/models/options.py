@@ -123,3 +123,37 @@ class FeatureFusion(_Group):
         if self.feature_fusion not in FUSIONS:
             raise ValueError(f"feature_fusion must be one of {', '.join(FUSIONS)}")
         super().__post_init__()
+
+
+@dataclass(frozen=True)
+class RawFeatures(_Group):
+    """``train_features``: the raw feature matrices ``e_m`` of eq. 4 are trainable parameters (the
+    released code's ``nn.Embedding.from_pretrained(..., freeze=False)``) instead of fixed buffers.
+    They get a gradient through the learned graphs' rebuild batch only and are not in the L2 term;
+    the initial graphs ``S̃_m`` stay those of the features as loaded."""
+
+    train_features: bool = False
+
+
+LATTICE_GRAPHS = ("per_modality", "joint")
+
+
+@dataclass(frozen=True)
+class LatticeGraph(_Group):
+    """How LATTICE combines its modalities' graphs with ``α = softmax(scores)``.
+
+    ``lattice_graph``: ``per_modality`` ``A = Σ_m α_m (λ S̃_m + (1-λ) sym_norm(Ŝ_m))`` (each learned
+    graph normalised on its own), or ``joint`` (the released code)
+    ``A = (1-λ) sym_norm(Σ_m α_m Ŝ_m) + λ Σ_m α_m S̃_m``, one normalisation of the α-weighted
+    unnormalised kNN graphs ``Ŝ_m`` of the projected features.
+    ``alpha_live``: ``true`` α enters every batch; ``false`` (the released code) α is taken when the
+    learned graph is built (the epoch's first batch, or an evaluation rebuild) and kept with it."""
+
+    lattice_graph: str = "per_modality"
+    alpha_live: bool = True
+
+    def __post_init__(self):
+        if self.lattice_graph not in LATTICE_GRAPHS:
+            raise ValueError(f"lattice_graph must be one of {', '.join(LATTICE_GRAPHS)}, "
+                             f"got {self.lattice_graph!r}")
+        super().__post_init__()

@@ -85,6 +85,7 @@ class LatentStructure(nn.Module):
         super().__init__()
         self.names = list(initial)
         self.knn_k, self.lam, self.search = knn_k, lam, search
+        self.normalize_learned = True  # False: the learned values are the unnormalised Ŝ_m (eq. 2)
         self.learn = lam < 1.0
         if self.learn:
             no_feats = [m for m in self.names if m not in features]
@@ -131,7 +132,8 @@ class LatentStructure(nn.Module):
                 self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
             return self._constant[m]
         with torch.set_grad_enabled(with_grad):
-            nbr, val = knn_rows(self.projected(m), self.knn_k, backend=self.search)
+            nbr, val = knn_rows(self.projected(m), self.knn_k, normalize=self.normalize_learned,
+                                backend=self.search)
         nbr_buf.copy_(nbr)
         val_buf.copy_(val.detach())
         self._constant.pop(m, None)
@@ -152,6 +154,24 @@ class LatentStructure(nn.Module):
         if with_grad:
             self._rebuild = False
         return out
+
+    def train_raw_features(self) -> None:
+        """Make the raw features ``e_m`` of eq. 4 trainable parameters (``train_features``): a copy,
+        so the dataset's matrices and the initial graphs built from them stay as they are."""
+        for m in self.projections:
+            name = f"feat_{m}"
+            feat = getattr(self, name).detach().clone()
+            delattr(self, name)
+            self._non_persistent_buffers_set.discard(name)
+            self.register_parameter(name, nn.Parameter(feat))
+
+    def rebuild_now(self) -> None:
+        """Rebuild the learned graphs from the current projections, without gradient, into the
+        buffers (``rebuild_on_eval``: the released code's graph at evaluation)."""
+        if self.learn:
+            self.learned_ready.fill_(False)
+            with torch.no_grad():
+                self.graphs()
 
 
 def propagate_items(terms: GraphTerms, x: torch.Tensor, n_layers: int) -> torch.Tensor:
@@ -205,6 +225,10 @@ class StructureModel(Recommender):
     def on_epoch_start(self, epoch: int) -> None:
         self.structure.request_rebuild()
         self.backbone.on_epoch_start(epoch)
+
+    def before_evaluation(self) -> None:
+        """``rebuild_on_eval``: the learned graphs rebuilt from the current projections."""
+        self.structure.rebuild_now()
 
     def item_structure_embedding(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError

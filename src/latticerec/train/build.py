@@ -44,12 +44,17 @@ def _backbone_name(cls, values: dict[str, Any]) -> str | None:
 
 # ``protocol=released``: the released LATTICE/MICRO training loop (docs/fidelity.md), applied before
 # the user's overrides. A key is set where the model (or its backbone) has the option: ``cb`` has no
-# ``reg``, so it keeps none. Model-side settings not wired yet are listed in docs/fidelity.md.
+# ``reg``, so it keeps none. Settings not in the preset are listed in docs/fidelity.md.
 RELEASED_PRESET = {"lr": 5e-4, "batch_size": 1024, "sampler": "user", "lr_schedule": "released",
                    "zero_grad": "zeros", "reg": 1e-5, "reg_on": "final", "topk": (10, 20),
                    "ndcg": "legacy", "eval_every": 5, "patience": 11}
-RELEASED_MODEL_PRESET = {"lattice": {"lambda_coeff": 0.9}, "micro": {"lambda_coeff": 0.9}}
-RELEASED_BACKBONE_PRESET = {"lightgcn": {"n_layers": 2}}
+_RELEASED_STRUCTURE = {"lambda_coeff": 0.9, "train_features": True, "rebuild_on_eval": True}
+RELEASED_MODEL_PRESET = {
+    "lattice": {**_RELEASED_STRUCTURE, "lattice_graph": "joint", "alpha_live": False},
+    "micro": {**_RELEASED_STRUCTURE, "att_init": "torch", "specific": False, "preference": False,
+              "cl_batch": 0, "cl_negatives": "all"}}
+RELEASED_BACKBONE_PRESET = {"lightgcn": {"n_layers": 2, "adj_norm": "released"},
+                            "ngcf": {"n_layers": 2, "adj_norm": "released", "ngcf": "released"}}
 
 
 def protocol_preset(model: str, backbone: str | None, protocol: Any, *classes) -> dict[str, Any]:

@@ -248,6 +248,8 @@ class _Loop:
         never mixes epochs)."""
         state = self.state
         t_eval = time.perf_counter()
+        if self.cfg.rebuild_on_eval:
+            self.model.before_evaluation()
         valid = evaluate_split(self.model, self.dataset, "valid", self.cfg, dist=self.dist)
         record.update(eval_seconds=round(time.perf_counter() - t_eval, 3),
                       **{"valid_recall@20": valid["recall@20"], "valid_ndcg@20": valid["ndcg@20"]})
@@ -286,6 +288,8 @@ class _Loop:
             if self.run_dir is not None:
                 self._save_best()
         self.model.load_state_dict(self.best_weights)
+        if self.cfg.rebuild_on_eval:
+            self.model.before_evaluation()
         test, per_user = evaluate_split(self.model, self.dataset, "test", self.cfg, progress=self.progress,
                                         per_user=True, dist=self.dist) if test else ({}, None)
         if self.run_dir is not None and per_user is not None:
