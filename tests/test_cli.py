@@ -56,6 +56,23 @@ def test_resume_via_cli(tmp_path, capsys):
     assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 3
 
 
+def test_a_run_saved_before_an_option_existed_resumes(tmp_path):
+    """Options added later (here ``adj_norm``, ``rebuild_on_eval``) take their defaults when an older
+    run folder is resumed, as when it is loaded."""
+    out = tmp_path / "run"
+    args = ["train", "--model", "lightgcn", "--data", "synthetic", "--epochs", "1", "--out", str(out),
+            "--quiet", "--set", "embed_dim=8"]
+    assert main(args) == 0
+    saved = json.loads((out / "config.json").read_text())
+    config = saved["config"]
+    assert config["model_config"].pop("adj_norm") == "symmetric"
+    assert config["train"].pop("rebuild_on_eval") is False
+    (out / "config.json").write_text(json.dumps(saved))
+    longer = [*args[:6], "2", *args[7:], "--resume"]
+    assert main(longer) == 0
+    assert json.loads((out / "metrics.json").read_text())["epochs_run"] == 2
+
+
 def test_unknown_set_key_lists_valid_keys(tmp_path, capsys):
     rc = main(["train", "--model", "mf", "--data", "synthetic", "--set", "learning_rate=0.1",
                "--out", str(tmp_path), "--quiet"])

@@ -59,7 +59,11 @@ def _check_resumable(run_dir, saved: dict | None, config: dict, data_spec: str) 
 
     if saved is None:
         raise LatticeRecError(f"--resume: {run_dir.path} holds no run to resume")
-    if training(saved["config"]) != training(config) or saved["data"] != data_spec:
+    from latticerec.train.build import config_from_dict
+
+    # read back as a config: a run saved before an option existed gets that option's default
+    saved_config = config_from_dict(saved["config"]).to_dict()
+    if training(saved_config) != training(config) or saved["data"] != data_spec:
         raise LatticeRecError(f"--resume: the options differ from the run saved in {run_dir.path}; "
                               "give the same --model/--data/--set as the original run (only the "
                               "stopping rule, --epochs and patience, may change)")
