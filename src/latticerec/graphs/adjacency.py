@@ -8,14 +8,11 @@ from latticerec.graphs.normalize import row_normalize_csr, symmetric_normalize_c
 from latticerec.graphs.sparse import csr_from_parts, row_indices, transpose_csr
 
 
-def normalized_bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
-    """Symmetrically normalised user-item adjacency (LightGCN eq. 7; NGCF eq. 8).
+def bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
+    """``A = [[0, R], [Rᵀ, 0]]`` of size ``(U + I) x (U + I)`` from the users x items CSR matrix ``R``.
 
-    ``A = [[0, R], [Rᵀ, 0]]`` of size ``(U + I) x (U + I)`` from the users x items CSR matrix ``R``,
-    and ``Â = D^-1/2 A D^-1/2`` with ``D`` the degree matrix; isolated nodes keep degree 0 and a zero
-    row. Built as CSR directly: user rows are ``R``'s rows shifted by ``U`` columns, item rows are
-    ``Rᵀ``'s rows (columns sorted in both).
-    """
+    Built as CSR directly: user rows are ``R``'s rows shifted by ``U`` columns, item rows are
+    ``Rᵀ``'s rows (columns sorted in both)."""
     n_users, n_items = train.shape
     r = train.to_sparse_csr() if train.layout != torch.sparse_csr else train
     rt = transpose_csr(r)
@@ -24,14 +21,21 @@ def normalized_bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
     col = torch.cat([r.col_indices() + n_users, rt.col_indices()])
     values = torch.cat([r.values(), rt.values()]).float()
     n = n_users + n_items
-    return symmetric_normalize_csr(csr_from_parts(crow, col, values, (n, n)))
+    return csr_from_parts(crow, col, values, (n, n))
+
+
+def normalized_bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
+    """Symmetrically normalised user-item adjacency (LightGCN eq. 7; NGCF eq. 8):
+    ``Â = D^-1/2 A D^-1/2`` of :func:`bipartite_adjacency` with ``D`` the degree matrix; isolated
+    nodes keep degree 0 and a zero row."""
+    return symmetric_normalize_csr(bipartite_adjacency(train))
 
 
 def released_bipartite_adjacency(train: torch.Tensor) -> torch.Tensor:
     """The user-item adjacency of the released LATTICE/MICRO code (``Data.create_adj_mat``):
     ``Â = D^-1 (A + I)``, row-normalised with self-loops, ``D = diag((A + I) 1)``.
 
-    ``A = [[0, R], [Rᵀ, 0]]`` as in :func:`normalized_bipartite_adjacency`; every node gets a unit
+    ``A = [[0, R], [Rᵀ, 0]]`` as in :func:`bipartite_adjacency`; every node gets a unit
     self-loop, so no row is empty and each row of ``Â`` sums to 1. ``Â`` is not symmetric: a
     product with it needs its transpose in the backward pass (``constant_spmm(adj, x, adjᵀ)``).
     """

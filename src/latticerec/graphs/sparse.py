@@ -37,6 +37,12 @@ def csr_from_parts(crow: torch.Tensor, col: torch.Tensor, values: torch.Tensor,
         return torch.sparse_csr_tensor(crow, col, values, size=shape)
 
 
+def binary_pattern(adj: torch.Tensor) -> torch.Tensor:
+    """The CSR matrix ``adj`` with every stored entry set to 1 (its sparsity pattern)."""
+    return csr_from_parts(adj.crow_indices(), adj.col_indices(), torch.ones_like(adj.values()),
+                          tuple(adj.shape))
+
+
 def row_indices(crow: torch.Tensor) -> torch.Tensor:
     """The row of every stored entry of a CSR matrix with row pointers ``crow`` (COO rows)."""
     n = crow.numel() - 1

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from latticerec.graphs.fusion import fuse_features
-from latticerec.graphs.sparse import csr_from_parts
+from latticerec.graphs.sparse import binary_pattern
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.losses import bpr_loss
 from latticerec.models.options import FeatureFusion, Modalities
@@ -54,10 +54,8 @@ class ContentBased(Recommender):
     @classmethod
     def from_inputs(cls, cfg: CBConfig, inputs: ModelInputs) -> ContentBased:
         names = feature_modalities(cfg.modalities, inputs, "cb")
-        train = inputs.train
-        binary = csr_from_parts(train.crow_indices(), train.col_indices(),
-                                torch.ones_like(train.values()), tuple(train.shape))
-        return cls(binary, fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion),
+        return cls(binary_pattern(inputs.train),
+                   fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion),
                    (tuple(names), cfg.feature_fusion))
 
     def profiles(self) -> torch.Tensor:

@@ -40,7 +40,7 @@ from torch import nn
 from latticerec.errors import ConfigError
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency
 from latticerec.graphs.normalize import symmetric_normalize_csr
-from latticerec.graphs.sparse import constant_spmm, csr_from_parts, row_indices, transpose_csr
+from latticerec.graphs.sparse import binary_pattern, constant_spmm, csr_from_parts, row_indices, transpose_csr
 from latticerec.models.backbones import GraphConfig, LightGCN
 from latticerec.models.base import ModelInputs
 from latticerec.models.losses import bpr_loss
@@ -83,8 +83,7 @@ class FreedomConfig(GraphConfig, Modalities):
 def unweighted_normalized(graph: torch.Tensor) -> torch.Tensor:
     """``D^-1/2 Ŝ D^-1/2`` of the graph's pattern with every stored entry set to 1 (FREEDOM's
     unweighted kNN graph)."""
-    return symmetric_normalize_csr(csr_from_parts(graph.crow_indices(), graph.col_indices(),
-                                                  torch.ones_like(graph.values()), tuple(graph.shape)))
+    return symmetric_normalize_csr(binary_pattern(graph))
 
 
 def combine_graphs(graphs: list[torch.Tensor], weights: list[float]) -> torch.Tensor:

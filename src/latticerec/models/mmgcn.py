@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from latticerec.graphs.adjacency import normalized_bipartite_adjacency
+from latticerec.graphs.adjacency import bipartite_adjacency
 from latticerec.graphs.normalize import row_normalize_csr
-from latticerec.graphs.sparse import ConstantCSR, csr_from_parts
+from latticerec.graphs.sparse import ConstantCSR, binary_pattern
 from latticerec.models.backbones import GraphConfig
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.options import Modalities
@@ -63,10 +63,7 @@ class MMGCNConfig(MultimodalGraphConfig):
 def mean_adjacency(train: torch.Tensor) -> ConstantCSR:
     """``D^-1 A`` of the user-item graph ``A = [[0, R], [Rᵀ, 0]]``: row ``k`` averages ``k``'s
     neighbours (the mean aggregator of eq. 2), with its transpose for the backward pass."""
-    sym = normalized_bipartite_adjacency(train)  # the structure of A; its values are replaced by 1
-    ones = torch.ones_like(sym.values())
-    return ConstantCSR.of(row_normalize_csr(csr_from_parts(sym.crow_indices(), sym.col_indices(), ones,
-                                                           tuple(sym.shape))))
+    return ConstantCSR.of(row_normalize_csr(binary_pattern(bipartite_adjacency(train))))
 
 
 def modality_features(module: nn.Module, inputs: ModelInputs, wanted: tuple[str, ...],
