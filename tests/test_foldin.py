@@ -174,6 +174,17 @@ def test_models_without_a_fold_in_have_kind_none(name):
     assert load_fold_in(spec, arrays) is None
 
 
+@pytest.mark.parametrize("name,options", [("lattice", {"lattice_graph": "joint"}),
+                                          ("lattice", {"knn_relu": "false"}),
+                                          ("micro", {"knn_relu": "false"}), ("mmgef", {"knn_relu": "false"})])
+def test_released_graph_options_are_refused_by_name_not_placed_wrongly(name, options):
+    data = make_block_dataset()
+    model = build_model(resolve_config(name, {"embed_dim": "8", **options}), data)
+    spec, arrays = fold_in_arrays(model, data)
+    assert spec["kind"] == "none" and arrays == {}
+    assert "=".join(next(iter(options.items()))) in spec["reason"]
+
+
 def test_a_precomputed_graph_modality_cannot_place_a_new_item():
     data = make_block_dataset()
     pairs = np.stack([np.arange(data.n_items), (np.arange(data.n_items) + 3) % data.n_items], axis=1)

@@ -288,3 +288,57 @@ def test_released_preset_sets_the_model_side_options():
                                       "rebuild_on_eval": "false"})
     assert over.model_config.lattice_graph == "per_modality" and not over.train.rebuild_on_eval
     assert resolve_config("lightgcn", {"protocol": "released"}).model_config.adj_norm == "released"
+
+
+# -- #20 knn_relu --------------------------------------------------------------------------------------
+
+# three items in the plane at 0, 40 and 130 degrees: cos(0, 130) = -0.64, the one negative pair
+ANGLES = torch.tensor([0.0, 40.0, 130.0]) * math.pi / 180
+PLANE = torch.stack([torch.cos(ANGLES), torch.sin(ANGLES)], dim=1)
+
+
+def test_knn_relu_false_keeps_the_negative_cosines_of_the_released_graph():
+    from latticerec.graphs.ann import KnnSearch
+
+    cos = F.normalize(PLANE, dim=1) @ F.normalize(PLANE, dim=1).T
+    assert cos[0, 2] < -0.6
+    nbr, raw = knn_rows(PLANE, 3, normalize=False, backend=KnnSearch(relu=False))
+    assert torch.equal(nbr, torch.arange(3).expand(3, 3))  # k = N: every item, columns ascending
+    assert torch.allclose(raw, cos, atol=1e-6)  # negatives kept (the released top-k values)
+    _, sup = knn_rows(PLANE, 3, normalize=False)
+    assert torch.allclose(sup, cos.clamp_min(0), atol=1e-6) and sup[0, 2] == 0  # eq. 1's default
+    # the released normalisation of the raw top-k: d^-1/2 S d^-1/2 with the signed row sums
+    _, normed = knn_rows(PLANE, 3, backend=KnnSearch(relu=False))
+    d = cos.sum(1)
+    assert (d > 0).all()
+    assert torch.allclose(normed, cos / torch.sqrt(d[:, None] * d[None, :]), atol=1e-6)
+    assert KnnSearch(relu=False).signature(3) != KnnSearch().signature(3)  # separate cache entries
+
+
+def test_knn_relu_reaches_the_initial_and_learned_graphs_and_the_preset(blocks):
+    model = _build(blocks, "lattice", knn_relu="false")
+    assert model.structure.search.relu is False
+    with pytest.raises(ConfigError, match="knn_relu"):
+        resolve_config("lattice", {"knn_relu": "2"})
+    assert resolve_config("lattice").model_config.knn_relu is True
+    for name in ("lattice", "micro"):
+        assert resolve_config(name, {"protocol": "released"}).model_config.knn_relu is False
+
+
+# -- #11 eval_phase ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("every,phase,expected", [(5, 1, [1, 6, 11, 12]), (5, 0, [5, 10, 12]),
+                                                  (1, 1, list(range(1, 13))), (5, 6, [1, 6, 11, 12])])
+def test_eval_phase_picks_the_validated_epochs(blocks, every, phase, expected):
+    run = resolve_config("mf", {"embed_dim": "8", "epochs": "12", "batch_size": "256", "patience": "100",
+                                "eval_every": str(every), "eval_phase": str(phase)})
+    result = fit(build_model(run, blocks), blocks, run.train, progress=False)
+    assert [h["epoch"] for h in result["history"] if "valid_recall@20" in h] == expected
+
+
+def test_released_lattice_validates_after_epochs_1_6_11():
+    lat = resolve_config("lattice", {"protocol": "released"}).train
+    assert (lat.eval_every, lat.eval_phase) == (5, 1)
+    assert resolve_config("micro", {"protocol": "released"}).train.eval_phase == 0  # after 5, 10, ...
+    with pytest.raises(ConfigError, match="eval_phase"):
+        resolve_config("mf", {"eval_phase": "-1"})

@@ -158,12 +158,16 @@ class TrainConfig:
     ``reg_on`` (``ego``: L2 on the batch's layer-0 ID embeddings; ``final``: on the final batch
     representations that enter the BPR scores, as the released code). ``rebuild_on_eval``: the
     learned item graphs are rebuilt from the current projections (without gradient) before every
-    validation and test evaluation, as the released code's ``Trainer.test``."""
+    validation and test evaluation, as the released code's ``Trainer.test``. ``eval_phase``: validate
+    after the epochs ``e`` (1-based count of finished epochs) with ``e % eval_every == eval_phase %
+    eval_every``, and after the last one (0: after ``eval_every``, ``2 eval_every``, ...; the
+    released LATTICE validates after epochs 1, 6, 11, ..., i.e. ``eval_every=5 eval_phase=1``)."""
 
     lr: float = 1e-3
     batch_size: int = 2048
     epochs: int = 1000
     eval_every: int = 1
+    eval_phase: int = 0
     patience: int = 20  # MMRec's stopping_step; 10 stopped TikTok runs on an early plateau
     topk: tuple[int, ...] = (10, 20, 50)
     ndcg: str = "standard"
@@ -182,6 +186,7 @@ class TrainConfig:
                ("reg_on", ("ego", "final")), ("protocol", ("latticerec", "released")))
     # (name, smallest, largest): sizes bounded so a typo cannot ask for terabytes of memory
     INT_RANGES = (("batch_size", 1, 2**24), ("epochs", 1, 10**7), ("eval_every", 1, 10**7),
+                  ("eval_phase", 0, 10**7),
                   ("patience", 1, 10**7), ("eval_batch_size", 1, 2**24), ("seed", 0, 2**32 - 1))
 
     def __post_init__(self):

@@ -51,8 +51,11 @@ class KnnSearch:
     hnsw_ef: int = 64
     ivf_nlist: int = 0
     ivf_nprobe: int = 16
+    relu: bool = True
 
     def __post_init__(self):
+        if not isinstance(self.relu, bool):
+            raise ValueError(f"knn_relu must be true or false, got {self.relu!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"knn_backend {self.backend!r} is not available; "
                              f"available: {', '.join(BACKENDS)}")
@@ -75,6 +78,11 @@ class KnnSearch:
 
     def signature(self, n: int) -> str:
         """The resolved backend and every parameter its result depends on (for cache keys)."""
+        if not self.relu:
+            return self._signature(n) + "+negatives"
+        return self._signature(n)
+
+    def _signature(self, n: int) -> str:
         method = self.resolve(n)
         if method == "faiss-hnsw":
             return f"{method}(m={self.hnsw_m},efc={self.hnsw_efc},ef={self.hnsw_ef})"

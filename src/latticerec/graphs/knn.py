@@ -128,8 +128,10 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     return _complete(x, torch.from_numpy(ids).to(x.device), k, chunk_size)
 
 
-def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 16 * 2**20) -> torch.Tensor:
-    """Suppressed cosine similarities ``max(S_ij, 0)`` for the pairs ``(i, neighbours[i, :])`` (eq. 1).
+def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 16 * 2**20,
+               relu: bool = True) -> torch.Tensor:
+    """Suppressed cosine similarities ``max(S_ij, 0)`` for the pairs ``(i, neighbours[i, :])`` (eq. 1);
+    with ``relu=False`` the raw cosines, negatives kept (the released code's top-k values).
 
     Differentiable in ``features``: this is how gradients reach the projections of the learned graph.
     Costs ``O(N k d)``, not ``O(N² d)``, computed in row chunks of at most ``budget`` floats.
@@ -138,7 +140,8 @@ def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 1
     n, k = neighbours.shape
     step = max(1, budget // max(k * x.shape[1], 1))
     parts = [(x[s:s + step].unsqueeze(1) * x[neighbours[s:s + step]]).sum(-1) for s in range(0, n, step)]
-    return torch.relu(torch.cat(parts) if len(parts) > 1 else parts[0])
+    sims = torch.cat(parts) if len(parts) > 1 else parts[0]
+    return torch.relu(sims) if relu else sims
 
 
 def symmetric_normalize(neighbours: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
@@ -174,7 +177,7 @@ def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, norm
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
     neighbours = knn_indices(features, k, chunk_size, progress, search)
-    values = knn_values(features, neighbours)
+    values = knn_values(features, neighbours, relu=search.relu)
     return neighbours, symmetric_normalize(neighbours, values) if normalize else values
 
 

@@ -57,12 +57,15 @@ class KnnBackend(_Group):
     """How the neighbours of every kNN item graph (the initial graphs and the graphs re-learned each
     epoch) are found: ``knn_backend`` ``exact | faiss-flat | faiss-hnsw | faiss-ivf | auto`` (auto:
     exact up to ``knn_auto_items`` items, faiss HNSW above), HNSW's ``knn_hnsw_ef`` (efSearch) and
-    IVF's ``knn_ivf_nprobe`` (cells scanned per query); :class:`~latticerec.graphs.ann.KnnSearch`."""
+    IVF's ``knn_ivf_nprobe`` (cells scanned per query); :class:`~latticerec.graphs.ann.KnnSearch`.
+    ``knn_relu``: negative similarities of the chosen pairs set to 0 (eq. 1, default) or kept
+    (``false``, the released code)."""
 
     knn_backend: str = "exact"
     knn_auto_items: int = AUTO_ITEMS
     knn_hnsw_ef: int = KnnSearch.hnsw_ef
     knn_ivf_nprobe: int = KnnSearch.ivf_nprobe
+    knn_relu: bool = True
 
     def __post_init__(self):
         self.knn_search()  # a ValueError naming the option
@@ -71,7 +74,7 @@ class KnnBackend(_Group):
     def knn_search(self) -> KnnSearch:
         """The options as a :class:`~latticerec.graphs.ann.KnnSearch`."""
         return KnnSearch(self.knn_backend, auto_items=self.knn_auto_items, hnsw_ef=self.knn_hnsw_ef,
-                         ivf_nprobe=self.knn_ivf_nprobe)
+                         ivf_nprobe=self.knn_ivf_nprobe, relu=self.knn_relu)
 
 
 @dataclass(frozen=True)

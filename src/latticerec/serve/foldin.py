@@ -142,6 +142,18 @@ def _cf_part_arrays(model, spec: dict, arrays: dict, cf_part: str) -> None:
         arrays["item_cf"] = model.backbone.propagate()[1]
 
 
+def _unplaceable(model) -> dict | None:
+    """The fold-in spec ``kind: none`` of a model trained with a released-code graph option that
+    the fold-in rows (eq. 1-3 per modality, negatives suppressed) do not reproduce; else None."""
+    released = [name for name, used in (("lattice_graph=joint", getattr(model, "joint", False)),
+                                        ("knn_relu=false", not getattr(model.structure.search, "relu", True)))
+                if used]
+    if not released:
+        return None
+    return {"kind": "none", "reason": f"the model was trained with {', '.join(released)} (the released "
+                                      "code's graph), which the fold-in does not reproduce"}
+
+
 def _structure_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     import torch
 
@@ -153,6 +165,8 @@ def _structure_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     if no_feats:
         return {"kind": "none", "reason": f"modalities {', '.join(no_feats)} are precomputed item "
                                           "graphs without features: a new item cannot be placed in them"}, {}
+    if (refused := _unplaceable(model)) is not None:
+        return refused, {}
     fused = isinstance(model, Micro) and model.fusion
     cf_feats, feats_input = bool(model.cf_feats), bool(model.feats_input)
     spec = {"kind": "micro" if fused else "lattice",
@@ -222,6 +236,8 @@ def _mmgef_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
     from latticerec.graphs.knn import weighted_spmm
     from latticerec.models.mmgef import FUSED
 
+    if (refused := _unplaceable(model)) is not None:
+        return refused, {}
     st = model.structure
     dims, how, arrays, fused = _fusion_rule(model, dataset, "MM-GEF")
     attention = model.attention is not None

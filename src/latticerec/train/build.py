@@ -48,9 +48,10 @@ def _backbone_name(cls, values: dict[str, Any]) -> str | None:
 RELEASED_PRESET = {"lr": 5e-4, "batch_size": 1024, "sampler": "user", "lr_schedule": "released",
                    "zero_grad": "zeros", "reg": 1e-5, "reg_on": "final", "topk": (10, 20),
                    "ndcg": "legacy", "eval_every": 5, "patience": 11}
-_RELEASED_STRUCTURE = {"lambda_coeff": 0.9, "train_features": True, "rebuild_on_eval": True}
+_RELEASED_STRUCTURE = {"lambda_coeff": 0.9, "train_features": True, "rebuild_on_eval": True,
+                       "knn_relu": False}
 RELEASED_MODEL_PRESET = {
-    "lattice": {**_RELEASED_STRUCTURE, "lattice_graph": "joint", "alpha_live": False},
+    "lattice": {**_RELEASED_STRUCTURE, "lattice_graph": "joint", "alpha_live": False, "eval_phase": 1},
     "micro": {**_RELEASED_STRUCTURE, "att_init": "torch", "specific": False, "preference": False,
               "cl_batch": 0, "cl_negatives": "all"}}
 RELEASED_BACKBONE_PRESET = {"lightgcn": {"n_layers": 2, "adj_norm": "released"},

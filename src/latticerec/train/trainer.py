@@ -239,7 +239,8 @@ class _Loop:
                 **{f"loss_{k}": v / n_batches for k, v in totals.items()}}
 
     def due_for_evaluation(self) -> bool:
-        return self.state.epoch % self.cfg.eval_every == 0 or self.state.epoch == self.cfg.epochs
+        every = self.cfg.eval_every
+        return self.state.epoch % every == self.cfg.eval_phase % every or self.state.epoch == self.cfg.epochs
 
     # -- evaluate_and_checkpoint -----------------------------------------------------------------
     def evaluate_and_checkpoint(self, record: dict) -> dict:
