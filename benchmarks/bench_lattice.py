@@ -1,11 +1,17 @@
-"""LATTICE speed and memory on real Amazon interactions with random features of the papers' shapes.
+"""LATTICE (and MICRO) speed and memory on real Amazon interactions with random features of the
+papers' shapes, optionally for several source trees in the same run (a before/after table).
 
-For each dataset (run in its own process, so peak RSS is per dataset): seconds to build the initial
-kNN graphs, seconds per training epoch (the learned-graph rebuild included), median over epochs, and
-the process's peak RSS. Baby: 7,050 items, image 4096-d, text 1024-d; Clothing: 23,033 items.
+For each (source tree, dataset, model), in its own process (so peak RSS is per case): seconds to
+build the initial kNN graphs, seconds per training epoch (the learned-graph rebuild and the
+optimiser included; median over the timed epochs, after one warm-up epoch), seconds of one full-
+ranking evaluation of the validation split (median of 3), and the peak RSS. Baby: 7,050 items,
+image 4096-d, text 1024-d; Clothing: 23,033 items. Batch 1024, as in the released code.
 
-    python benchmarks/bench_lattice.py                 # baby and clothing, 3 epochs each
-    python benchmarks/bench_lattice.py --datasets baby --epochs 5 --model micro
+    python benchmarks/bench_lattice.py                               # baby + clothing, LATTICE
+    python benchmarks/bench_lattice.py --datasets baby --models lattice micro --epochs 3
+    git worktree add /tmp/before 29546d7                             # the code before issue 17 section 5
+    python benchmarks/bench_lattice.py --datasets baby --models lattice micro \
+        --tree before=/tmp/before/src --tree after=src               # same run, cases interleaved
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import resource
 import statistics
 import subprocess
@@ -21,11 +28,23 @@ import time
 from pathlib import Path
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SRC = Path(__file__).resolve().parents[1] / "src"
 SHAPES = {"image": 4096, "text": 1024}
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
+
+
+def optimiser(params, lr):
+    """The trainer's optimiser where the tree has one (``train.trainer.adam``), else plain Adam."""
+    import torch
+
+    try:
+        from latticerec.train.trainer import adam
+    except ImportError:
+        return torch.optim.Adam(params, lr=lr)
+    return adam(params, lr)
 
 
 def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
@@ -36,6 +55,7 @@ def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
     from latticerec.graphs.knn import knn_graph
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
+    from latticerec.train.trainer import evaluate_split
 
     ds = load_dataset(SHARED / dataset)
     rng = np.random.default_rng(0)
@@ -46,52 +66,83 @@ def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
         knn_graph(torch.from_numpy(f), 10)
     initial_s = time.perf_counter() - t
     run = resolve_config(model, {"batch_size": str(batch_size)})
+    torch.manual_seed(0)
     net = build_model(run, ds)
-    opt = torch.optim.Adam(net.parameters(), lr=run.train.lr)
+    opt = optimiser(list(net.parameters()), run.train.lr)
     sampler = BPRSampler(ds.train, seed=0)
     times = []
-    net.train()
-    for epoch in range(epochs):
+    for epoch in range(epochs + 1):  # epoch 0 warms up
+        net.train()
         t = time.perf_counter()
         net.on_epoch_start(epoch)
         for users, pos, neg in sampler.epoch(epoch, batch_size):
             loss = sum(net.loss(torch.as_tensor(users), torch.as_tensor(pos), torch.as_tensor(neg)).values())
-            opt.zero_grad()
+            opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
         times.append(time.perf_counter() - t)
+    evals = []
+    net.eval()
+    for _ in range(3):
+        t = time.perf_counter()
+        with torch.no_grad():
+            valid = evaluate_split(net, ds, "valid", run.train)
+        evals.append(time.perf_counter() - t)
     return {"dataset": dataset, "model": model, "items": ds.n_items, "train": int(ds.train.nnz),
-            "initial_graphs_s": round(initial_s, 2), "epoch_s_median": round(statistics.median(times), 2),
-            "epoch_s": [round(x, 2) for x in times], "peak_rss_gb": round(peak_rss_gb(), 2),
+            "initial_graphs_s": round(initial_s, 2), "epoch_s_median": round(statistics.median(times[1:]), 2),
+            "epoch_s": [round(x, 2) for x in times[1:]], "eval_s": round(statistics.median(evals), 2),
+            "valid_recall@20": round(valid["recall@20"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
             "threads": torch.get_num_threads()}
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--datasets", nargs="+", default=["baby", "clothing"])
-    p.add_argument("--model", default="lattice")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=2048)
+    p.add_argument("--models", nargs="+", default=["lattice"])
+    p.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
+    p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--tree", action="append", default=[], metavar="LABEL=SRC",
+                   help="a latticerec source tree to measure (repeatable; default: this one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--model", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
         print(json.dumps(measure(a.child, a.model, a.epochs, a.batch_size)))
         return 0
+    trees = dict(t.split("=", 1) for t in a.tree) if a.tree else {"this": str(SRC)}
+    results = []
     for name in a.datasets:
         if not (SHARED / name).exists():
             print(f"skip {name}: {SHARED / name} is absent")
             continue
-        out = subprocess.run([sys.executable, __file__, "--child", name, "--model", a.model,
-                              "--epochs", str(a.epochs), "--batch-size", str(a.batch_size)],
-                             capture_output=True, text=True)
-        if out.returncode:
-            print(out.stderr[-2000:])
-            return out.returncode
-        r = json.loads(out.stdout.strip().splitlines()[-1])
-        print(f"{r['model']} on {name} ({r['items']} items, {r['train']} train interactions, "
-              f"random image 4096-d + text 1024-d, {r['threads']} threads): initial graphs "
-              f"{r['initial_graphs_s']} s, epoch {r['epoch_s_median']} s (median of {r['epoch_s']}), "
-              f"peak RSS {r['peak_rss_gb']} GB")
+        for model in a.models:
+            for label, src in trees.items():
+                env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
+                out = subprocess.run([sys.executable, __file__, "--child", name, "--model", model,
+                                      "--epochs", str(a.epochs), "--batch-size", str(a.batch_size)],
+                                     capture_output=True, text=True, env=env)
+                if out.returncode:
+                    print(out.stderr[-2000:])
+                    return out.returncode
+                r = {"tree": label, **json.loads(out.stdout.strip().splitlines()[-1])}
+                results.append(r)
+                print(f"[{label}] {r['model']} on {name} ({r['items']} items, {r['train']} train pairs, "
+                      f"random image 4096-d + text 1024-d, batch {a.batch_size}, {r['threads']} threads): "
+                      f"initial graphs {r['initial_graphs_s']} s, epoch {r['epoch_s_median']} s (median of "
+                      f"{r['epoch_s']}), validation {r['eval_s']} s, peak RSS {r['peak_rss_gb']} GB",
+                      flush=True)
+    if results:
+        print("\n| tree | dataset | model | epoch s | evaluation s | peak RSS GB |")
+        print("|---|---|---|---|---|---|")
+        for r in results:
+            print(f"| {r['tree']} | {r['dataset']} | {r['model']} | {r['epoch_s_median']} | "
+                  f"{r['eval_s']} | {r['peak_rss_gb']} |")
+        by = {(r["tree"], r["dataset"], r["model"]): r for r in results}
+        for (tree, dataset, model), r in by.items():
+            lat = by.get((tree, dataset, "lattice"))
+            if model != "lattice" and lat:
+                print(f"[{tree}] {model} / lattice per epoch on {dataset}: "
+                      f"{r['epoch_s_median'] / lat['epoch_s_median']:.2f}x")
     return 0
 
 

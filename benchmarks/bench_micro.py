@@ -30,12 +30,13 @@ def build(model: str, overrides: dict, inputs):
 
     from latticerec.models.registry import get_backbone_class, get_model_class
     from latticerec.train.build import resolve_config
+    from latticerec.train.trainer import adam
 
     run = resolve_config(model, {"backbone": "lightgcn", **overrides})
     torch.manual_seed(0)
     backbone = get_backbone_class("lightgcn").from_inputs(run.backbone_config, inputs)
     net = get_model_class(model).from_inputs(run.model_config, inputs, backbone)
-    return net, torch.optim.Adam(net.parameters(), lr=run.train.lr)
+    return net, adam(list(net.parameters()), run.train.lr)
 
 
 def train_epoch(net, opt, sampler, epoch: int, batch_size: int) -> tuple[float, float]:

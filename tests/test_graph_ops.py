@@ -74,3 +74,56 @@ def test_knn_entry_point_accepts_only_known_backends():
     for bad in ("faiss", "hnsw", ""):
         with pytest.raises(ValueError, match=f"knn_backend {bad!r} is not available; available: exact, "):
             knn_graph(x, 3, backend=bad)
+
+
+# -- the product path: int32 indices, addmm, Horner's LightGCN -------------------------------------
+
+def _random_csr(n, m, density=0.2, seed=0):
+    rng = np.random.default_rng(seed)
+    return to_torch_csr(sp.random(n, m, density=density, random_state=rng, dtype=np.float32, format="csr"))
+
+
+def test_compact_indices_gives_the_same_products_and_leaves_large_or_compact_matrices(monkeypatch):
+    import latticerec.graphs.sparse as sparse
+
+    a = _random_csr(30, 20)
+    c = sparse.compact_indices(a)
+    assert c.crow_indices().dtype == c.col_indices().dtype == torch.int32
+    x = torch.randn(20, 5)
+    assert torch.allclose(c @ x, a.to_dense() @ x, atol=1e-5)
+    assert sparse.compact_indices(c) is c and sparse.compact_indices(None) is None
+    monkeypatch.setattr(sparse, "INT32_LIMIT", 25)  # as if 30 rows overflowed int32
+    assert sparse.compact_indices(a).crow_indices().dtype == torch.int64
+
+
+def test_constant_spmm_with_add_is_add_plus_product_in_value_and_gradients():
+    from latticerec.graphs.sparse import compact_indices, constant_spmm, transpose_csr
+
+    a = compact_indices(_random_csr(12, 12, seed=1))
+    dense = a.to_dense()
+    x = torch.randn(12, 4, requires_grad=True)
+    b = torch.randn(12, 4, requires_grad=True)
+    w = torch.randn(12, 4)
+    (constant_spmm(a, x, transpose_csr(a), add=b) * w).sum().backward()
+    gx, gb = x.grad.clone(), b.grad.clone()
+    x.grad = b.grad = None
+    ((b + dense @ x) * w).sum().backward()
+    assert torch.allclose(gx, x.grad, atol=1e-5) and torch.allclose(gb, b.grad, atol=1e-6)
+
+
+@pytest.mark.parametrize("layers", [0, 1, 3])
+def test_lightgcn_horner_equals_the_mean_of_the_layers(layers):
+    from latticerec.models.backbones import LightGCN
+
+    r = sp.random(9, 7, density=0.3, random_state=np.random.default_rng(2), format="csr")
+    r.data[:] = 1
+    adj = normalized_bipartite_adjacency(to_torch_csr(r))
+    torch.manual_seed(0)
+    model = LightGCN(9, 7, adj, embed_dim=4, n_layers=layers)
+    e = torch.cat([model.user_embedding.weight, model.item_embedding.weight]).detach()
+    dense, x, total = adj.to_dense(), e, e.clone()
+    for _ in range(layers):
+        x = dense @ x
+        total = total + x
+    users, items = model.propagate()
+    assert torch.allclose(torch.cat([users, items]), total / (layers + 1), atol=1e-5)

@@ -114,3 +114,17 @@ def test_evaluate_ranking_legacy_ndcg_below_max_cutoff():
     d2, d4 = 1 / math.log2(3), 1 / math.log2(5)
     assert res["ndcg@2"] == pytest.approx(d2 / (1 + d2))  # both hits of the top 20 count in IDCG@2
     assert res["ndcg@20"] == pytest.approx((d2 + d4) / (1 + d2))
+
+
+def test_hits_by_sorted_keys_equal_the_dense_membership_mask():
+    from latticerec.evaluate.ranking import _hits
+
+    rng = np.random.default_rng(0)
+    target = sp.random(50, 40, density=0.1, random_state=rng, format="csr")
+    target.data[:] = 1
+    batch = rng.choice(50, size=17, replace=False)
+    top = torch.as_tensor(np.stack([rng.choice(40, size=10, replace=False) for _ in batch]))
+    dense = torch.as_tensor(target[batch].toarray() > 0)
+    assert torch.equal(_hits(target, batch, top), dense.gather(1, top))
+    empty = sp.csr_matrix((50, 40))
+    assert not _hits(empty, batch, top).any()

@@ -157,10 +157,16 @@ def test_interrupted_then_resumed_run_equals_the_uninterrupted_one(name, blocks,
         assert torch.equal(va, vb), ka
 
 
+# MMGCN's un-normalised LeakyReLU layers diverge at lr 0.05 without L2 (measured: the BPR loss grows
+# to 10^2-10^4 on 4 of 5 seeds, with the per-parameter and the fused Adam alike); at 0.01 it learns the
+# blocks on every seed (loss 0.5 -> < 0.2, Recall@10 1.0).
+LEARNS_LR = {"mmgcn": "0.01"}
+
+
 @pytest.mark.parametrize("name", sorted(MODELS))
 def test_loss_falls_and_model_learns_the_blocks(name, blocks):
-    run, model = _build(name, blocks, None, lr="0.05", epochs="30", patience="30", reg="0",
-                        batch_size="32", eval_every="10")
+    run, model = _build(name, blocks, None, lr=LEARNS_LR.get(name, "0.05"), epochs="30", patience="30",
+                        reg="0", batch_size="32", eval_every="10")
     before = evaluate_split(model, blocks, "test", run.train)
     result = fit(model, blocks, run.train, progress=False)
     if not _trainable(model):  # evaluated as built, and its features encode the blocks

@@ -27,6 +27,21 @@ def _batch_coords(mat: sp.csr_matrix, users: np.ndarray) -> tuple[np.ndarray, np
     return rows, sub.indices
 
 
+def _hits(target: sp.csr_matrix, batch: np.ndarray, top_items: torch.Tensor) -> torch.Tensor:
+    """``hits[b, j]``: whether ``top_items[b, j]`` is in row ``batch[b]`` of ``target``; a sorted-key
+    lookup (``O(B K log nnz)``), never a dense ``B x n_items`` mask."""
+    r, c = _batch_coords(target, batch)
+    n = np.int64(max(int(top_items.max()) + 1, int(c.max()) + 1 if c.size else 0, 1))
+    keys = torch.as_tensor(r.astype(np.int64) * n + c.astype(np.int64), device=top_items.device)
+    if keys.numel() == 0:
+        return torch.zeros_like(top_items, dtype=torch.bool)
+    keys = keys.sort().values  # CSR rows ascending with sorted columns: already sorted, cheap check
+    rows = torch.arange(top_items.shape[0], device=top_items.device, dtype=torch.int64).unsqueeze(1)
+    query = rows * int(n) + top_items.long()
+    pos = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
+    return keys[pos] == query
+
+
 def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarray, k: int,
                exclude: list[sp.csr_matrix] | tuple = (), batch_size: int = 1024,
                candidates: np.ndarray | None = None, score_fn=None):
@@ -80,10 +95,7 @@ def _per_user_batches(user_repr: torch.Tensor, item_repr: torch.Tensor, target: 
         batches = progress(batches, total=(len(users) + batch_size - 1) // batch_size)
     device = item_repr.device
     for batch, top_items, _ in batches:
-        r, c = _batch_coords(target, batch)
-        relevant = torch.zeros(len(batch), item_repr.shape[0], dtype=torch.bool, device=device)
-        relevant[torch.as_tensor(r, device=device), torch.as_tensor(c, device=device)] = True
-        hits = relevant.gather(1, top_items)
+        hits = _hits(target, batch, top_items)
         n_rel = torch.as_tensor(n_rel_all[batch], device=device)
         values = {}
         for k in topk:

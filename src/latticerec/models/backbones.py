@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency, released_bipartite_adjacency
-from latticerec.graphs.sparse import constant_spmm, transpose_csr
+from latticerec.graphs.sparse import compact_indices, constant_spmm, transpose_csr
 from latticerec.models.base import ModelInputs, Recommender
 
 # Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
@@ -133,8 +133,9 @@ class LightGCN(Backbone):
                  n_layers: int = 3, reg: float = 1e-4, adj_t: torch.Tensor | None = None):
         super().__init__(n_users, n_items, embed_dim, reg)
         self.n_layers = n_layers
-        self.register_buffer("adj", adj, persistent=False)
-        self.register_buffer("adj_t", adj_t, persistent=False)  # None: Â is symmetric, Âᵀ = Â
+        self.register_buffer("adj", compact_indices(adj), persistent=False)
+        # None: Â is symmetric, Âᵀ = Â
+        self.register_buffer("adj_t", compact_indices(adj_t), persistent=False)
 
     @classmethod
     def from_inputs(cls, cfg: GraphConfig, inputs: ModelInputs) -> LightGCN:
@@ -142,11 +143,12 @@ class LightGCN(Backbone):
         return cls(inputs.n_users, inputs.n_items, adj, cfg.embed_dim, cfg.n_layers, cfg.reg, adj_t)
 
     def propagate_with(self, item_ego):
+        """Eq. 7-8 by Horner's rule: ``Σ_{l=0..L} Â^l E = E + Â(E + Â(E + …))``, one sparse
+        ``addmm`` per layer and no layer kept for the sum (the same value as summing the layers)."""
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
         total = x
         for _ in range(self.n_layers):
-            x = constant_spmm(self.adj, x, self.adj_t)
-            total = total + x
+            total = constant_spmm(self.adj, total, self.adj_t, add=x)
         out = total / (self.n_layers + 1)
         return out[: self.n_users], out[self.n_users:]
 
@@ -169,8 +171,9 @@ class NGCF(Backbone):
                  adj_t: torch.Tensor | None = None, layer: str = "latticerec"):
         super().__init__(n_users, n_items, embed_dim, reg)
         self.n_layers, self.mess_dropout, self.released = n_layers, mess_dropout, layer == "released"
-        self.register_buffer("adj", adj, persistent=False)
-        self.register_buffer("adj_t", adj_t, persistent=False)  # None: Â is symmetric, Âᵀ = Â
+        self.register_buffer("adj", compact_indices(adj), persistent=False)
+        # None: Â is symmetric, Âᵀ = Â
+        self.register_buffer("adj_t", compact_indices(adj_t), persistent=False)
         self.w_gc = nn.ModuleList(nn.Linear(embed_dim, embed_dim) for _ in range(n_layers))
         self.w_bi = nn.ModuleList(nn.Linear(embed_dim, embed_dim) for _ in range(n_layers))
         for lin in [] if self.released else [*self.w_gc, *self.w_bi]:  # released: nn.Linear's init

@@ -56,7 +56,7 @@ from torch import nn
 from latticerec.graphs.cooccurrence import NORMALIZATIONS, cooccurrence_graph
 from latticerec.graphs.fusion import fuse_features
 from latticerec.graphs.knn import weighted_spmm
-from latticerec.graphs.sparse import constant_spmm, transpose_csr
+from latticerec.graphs.sparse import compact_indices, constant_spmm, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
 from latticerec.models.options import STRUCTURE_SPACE, FeatureFusion, Structure
@@ -127,6 +127,7 @@ class MMGEF(StructureModel):
         self.fusion_modalities, self.feature_fusion = tuple(fusion[0]), fusion[1]
         self.use_cf = cf_graph is not None
         if self.use_cf:
+            cf_graph = compact_indices(cf_graph)
             self.register_buffer("cf_graph", cf_graph, persistent=False)
             # E^cᵀ for the backward pass; none when E^c = E^cᵀ (no top-k), which reuses E^c
             self.register_buffer("cf_graph_t", None if cf_symmetric else transpose_csr(cf_graph),

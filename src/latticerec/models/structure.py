@@ -31,7 +31,7 @@ from torch import nn
 
 from latticerec.errors import ConfigError
 from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
-from latticerec.graphs.sparse import ConstantCSR, transpose_csr
+from latticerec.graphs.sparse import ConstantCSR, compact_indices, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
 
@@ -94,6 +94,7 @@ class LatentStructure(nn.Module):
                     f"modalities {', '.join(no_feats)} have a precomputed graph but no features to "
                     "learn a graph from: set lambda_coeff=1 (use the given graphs as they are)")
         for m, g in initial.items():
+            g = compact_indices(g)
             self.register_buffer(f"initial_{m}", g, persistent=False)
             self.register_buffer(f"initial_t_{m}", transpose_csr(g), persistent=False)
         proj_names = [m for m in self.names if m in features] if (self.learn or project) else []

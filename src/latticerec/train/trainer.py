@@ -58,6 +58,16 @@ def resumable_config(cfg: TrainConfig) -> dict:
     return {k: v for k, v in to_dict(cfg).items() if k not in STOPPING_KEYS}
 
 
+def adam(params: list, lr: float) -> torch.optim.Adam:
+    """Adam, fused into one kernel per step where this torch supports it (CPU since torch 2.4, and
+    CUDA): the same update as the default per-parameter loop, 13x faster on Baby's ~2M parameters
+    on one CPU thread (1.8 vs 23 ms a step; ``benchmarks/profile_epoch.py``)."""
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except (RuntimeError, ValueError, TypeError):  # an older torch or an unsupported device
+        return torch.optim.Adam(params, lr=lr)
+
+
 def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainConfig,
                    progress: bool = False, rank_all: bool = False, per_user: bool = False,
                    dist: Dist | None = None):
@@ -106,7 +116,7 @@ class _Loop:
         self.best_weights = copy.deepcopy(model.state_dict())
         if self.trainable:
             self.params = list(model.parameters())
-            self.optimizer = torch.optim.Adam(self.params, lr=cfg.lr)
+            self.optimizer = adam(self.params, cfg.lr)
             sampler_cls = UserUniformSampler if cfg.sampler == "user" else BPRSampler
             self.sampler = sampler_cls(dataset.train, seed=cfg.seed)
         for module in model.modules():  # a wrapping model's backbone too
