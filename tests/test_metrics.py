@@ -128,3 +128,31 @@ def test_hits_by_sorted_keys_equal_the_dense_membership_mask():
     assert torch.equal(_hits(target, batch, top), dense.gather(1, top))
     empty = sp.csr_matrix((50, 40))
     assert not _hits(empty, batch, top).any()
+
+
+def test_eval_users_ranks_a_seeded_sample_of_the_split_users():
+    from latticerec.train.trainer import sampled_users
+
+    rng = np.random.default_rng(0)
+    target = sp.random(200, 30, density=0.05, random_state=rng, format="csr")
+    target.data[:] = 1
+    users = np.flatnonzero(np.diff(target.indptr) > 0)
+    assert sampled_users(target, 0, 1) is target and sampled_users(target, users.size, 1) is target
+    a, b = sampled_users(target, 40, 7), sampled_users(target, 40, 7)
+    kept = np.flatnonzero(np.diff(a.indptr) > 0)
+    assert kept.size == 40 and set(kept) <= set(users)
+    assert np.array_equal(kept, np.flatnonzero(np.diff(b.indptr) > 0))  # same seed, same users
+    assert (a[kept] != target[kept]).nnz == 0  # their rows unchanged
+    other = np.flatnonzero(np.diff(sampled_users(target, 40, 8).indptr) > 0)
+    assert not np.array_equal(kept, other)
+
+
+def test_fit_with_eval_users_reports_the_sample(blocks):
+    from latticerec.train.build import build_model, resolve_config
+    from latticerec.train.trainer import fit
+
+    run = resolve_config("mf", {"embed_dim": "8", "epochs": "2", "eval_users": "10"})
+    result = fit(build_model(run, blocks), blocks, run.train, progress=False, out_dir=None)
+    assert result["eval_users"] == 10
+    full = resolve_config("mf", {"embed_dim": "8", "epochs": "2"})
+    assert "eval_users" not in fit(build_model(full, blocks), blocks, full.train, progress=False)

@@ -166,6 +166,9 @@ def _train(args, run, device, dist) -> int:
     print(f"best valid epoch {result['best_epoch']} of {result['epochs_run']} "
           f"({result['train_seconds']:.1f} s training)")
     print(_format_table(result["valid"], result["test"], run.train.topk))
+    if run.train.eval_users:
+        print(f"metrics over a seeded sample of at most {run.train.eval_users} users per split "
+              f"(eval_users={run.train.eval_users}, seed {run.train.seed}), not every user")
     from latticerec.experiment.plots import write_curves
 
     curves = write_curves(run_dir.path)

@@ -161,7 +161,10 @@ class TrainConfig:
     validation and test evaluation, as the released code's ``Trainer.test``. ``eval_phase``: validate
     after the epochs ``e`` (1-based count of finished epochs) with ``e % eval_every == eval_phase %
     eval_every``, and after the last one (0: after ``eval_every``, ``2 eval_every``, ...; the
-    released LATTICE validates after epochs 1, 6, 11, ..., i.e. ``eval_every=5 eval_phase=1``)."""
+    released LATTICE validates after epochs 1, 6, 11, ..., i.e. ``eval_every=5 eval_phase=1``).
+    ``eval_users``: 0 ranks every user of a split (full ranking); ``N`` ranks a sample of ``N`` of
+    them, drawn once per split from ``seed`` (the same users at every validation), for catalogues
+    where a full evaluation costs more than an epoch; the run's result states it."""
 
     lr: float = 1e-3
     batch_size: int = 2048
@@ -172,6 +175,7 @@ class TrainConfig:
     topk: tuple[int, ...] = (10, 20, 50)
     ndcg: str = "standard"
     eval_batch_size: int = 4096
+    eval_users: int = 0
     seed: int = 2024
     sampler: str = "interaction"
     lr_schedule: str = "constant"
@@ -187,7 +191,8 @@ class TrainConfig:
     # (name, smallest, largest): sizes bounded so a typo cannot ask for terabytes of memory
     INT_RANGES = (("batch_size", 1, 2**24), ("epochs", 1, 10**7), ("eval_every", 1, 10**7),
                   ("eval_phase", 0, 10**7),
-                  ("patience", 1, 10**7), ("eval_batch_size", 1, 2**24), ("seed", 0, 2**32 - 1))
+                  ("patience", 1, 10**7), ("eval_batch_size", 1, 2**24), ("eval_users", 0, 2**31 - 1),
+                  ("seed", 0, 2**32 - 1))
 
     def __post_init__(self):
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 from tqdm.auto import tqdm
 
@@ -68,6 +69,18 @@ def adam(params: list, lr: float) -> torch.optim.Adam:
         return torch.optim.Adam(params, lr=lr)
 
 
+def sampled_users(target: sp.csr_matrix, n: int, seed: int) -> sp.csr_matrix:
+    """``target`` with only the rows of ``n`` of its evaluated users (a uniform sample without
+    replacement, drawn from ``seed``, so every call picks the same users); all of them when ``n``
+    is 0 or at least their number."""
+    users = evaluated_users(target)
+    if n <= 0 or n >= users.size:
+        return target
+    keep = np.zeros(target.shape[0])
+    keep[np.random.default_rng(seed).choice(users, size=n, replace=False)] = 1.0
+    return sp.csr_matrix(sp.diags(keep) @ sp.csr_matrix(target))
+
+
 def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainConfig,
                    progress: bool = False, rank_all: bool = False, per_user: bool = False,
                    dist: Dist | None = None):
@@ -86,7 +99,7 @@ def evaluate_split(model: Recommender, dataset: Dataset, split: str, cfg: TrainC
         users, items = (torch.empty(n, 0, device=device) for n in (dataset.n_users, dataset.n_items))
     bar = (lambda it, total: tqdm(it, total=total, desc=f"eval {split}", leave=False)) if progress \
         else None
-    target = dataset.split(split)
+    target = sampled_users(dataset.split(split), cfg.eval_users, cfg.seed)
     options = dict(exclude=[dataset.train], topk=cfg.topk, ndcg=cfg.ndcg, batch_size=cfg.eval_batch_size,
                    progress=bar, candidates=None if rank_all else dataset.candidates(split),
                    score_fn=None if model.factorised else model.score_users)
@@ -306,7 +319,9 @@ class _Loop:
         if self.run_dir is not None and per_user is not None:
             users = per_user.pop("users")
             self.run_dir.write_per_user(users, per_user, state.best_epoch)
+        evaluated = {"eval_users": self.cfg.eval_users} if self.cfg.eval_users else {}
         return {
+            **evaluated,
             "best_epoch": state.best_epoch,
             "epochs_run": state.epoch,
             "stopped_early": state.stopped_early,
