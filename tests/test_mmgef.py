@@ -144,7 +144,7 @@ def test_structure_embedding_matches_eq_5_6(blocks):
     s = model.structure
     e_m = (0.7 * s.initial_fused.to_dense()
            + 0.3 * knn_graph(s.projected("fused"), s.knn_k).to_dense())
-    e_c = cooccurrence_graph(model_inputs(blocks).train).to_dense()
+    e_c = cooccurrence_graph(model_inputs(blocks).train, 10, "symmetric").to_dense()  # the defaults
     e_u = w[:, :1] * e_m + w[:, 1:] * e_c
     x = model.backbone.item_embedding.weight
     assert torch.allclose(h, e_u @ (e_u @ x), atol=1e-5)
@@ -199,9 +199,23 @@ def test_cooccurrence_options_reach_the_model(blocks):
     assert counts.max() <= 2
     # top-k makes E^c directed: its transpose is kept for the backward pass
     assert torch.equal(model.cf_graph_t.to_dense(), model.cf_graph.to_dense().T)
-    ref = cooccurrence_graph(model_inputs(blocks).train, topk=2)
+    ref = cooccurrence_graph(model_inputs(blocks).train, topk=2, normalize="symmetric")
     assert torch.equal(model.cf_graph.to_dense(), ref.to_dense())
-    assert _mmgef(blocks).cf_graph_t is None  # the full graph is symmetric and is its own transpose
+    paper = _mmgef(blocks, cooc_topk=0, cooc_norm="max")  # eq. 3-4 as printed
+    assert paper.cf_graph_t is None  # the full graph is symmetric and is its own transpose
+    assert torch.allclose(paper.cf_graph.to_dense(), cooccurrence_graph(model_inputs(blocks).train).to_dense())
+
+
+def test_default_cooccurrence_graph_is_at_the_content_graphs_scale(blocks):
+    """The paper's ``C / C_max`` rows sum to many times the content graph's; the default's do not."""
+    def median_row_sum(g):
+        return float(g.to_dense().sum(1).median())
+
+    model = _mmgef(blocks)
+    content = median_row_sum(model.structure.initial_fused)
+    assert 0.5 < median_row_sum(model.cf_graph) / content < 2
+    paper = _mmgef(blocks, cooc_topk=0, cooc_norm="max")
+    assert median_row_sum(paper.cf_graph) / content > 2
 
 
 def test_gradients_reach_every_parameter_and_the_loss_is_finite(blocks):
