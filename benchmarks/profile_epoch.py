@@ -6,6 +6,7 @@ step. Prints the profiler's top operators by self CPU time and the wall-clock se
 
     python benchmarks/profile_epoch.py --model lattice --batch-size 1024 --threads 2
     python benchmarks/profile_epoch.py --model micro --batch-size 1024 --top 25
+    PYTHONPATH=/tmp/before/src python benchmarks/profile_epoch.py      # another source tree
 """
 
 from __future__ import annotations
@@ -43,7 +44,13 @@ def main(argv=None) -> int:
     from latticerec.data.readers import load_dataset
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
-    from latticerec.train.trainer import adam, evaluate_split
+    from latticerec.train.trainer import evaluate_split
+
+    try:  # the trainer's optimiser; a tree from before it existed used plain Adam
+        from latticerec.train.trainer import adam
+    except ImportError:
+        def adam(params, lr):
+            return torch.optim.Adam(params, lr=lr)
 
     if a.threads:
         torch.set_num_threads(a.threads)

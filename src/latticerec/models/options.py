@@ -61,7 +61,7 @@ class KnnBackend(_Group):
     ``knn_relu``: negative similarities of the chosen pairs set to 0 (eq. 1, default) or kept
     (``false``, the released code)."""
 
-    knn_backend: str = "exact"
+    knn_backend: str = "auto"
     knn_auto_items: int = AUTO_ITEMS
     knn_hnsw_ef: int = KnnSearch.hnsw_ef
     knn_ivf_nprobe: int = KnnSearch.ivf_nprobe
