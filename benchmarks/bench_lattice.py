@@ -17,7 +17,6 @@ image 4096-d, text 1024-d; Clothing: 23,033 items. Batch 1024, as in the release
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import resource
@@ -27,42 +26,27 @@ import sys
 import time
 from pathlib import Path
 
+from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SRC = Path(__file__).resolve().parents[1] / "src"
-SHAPES = {"image": 4096, "text": 1024}
 
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def optimiser(params, lr):
-    """The trainer's optimiser where the tree has one (``train.trainer.adam``), else plain Adam."""
-    import torch
-
-    try:
-        from latticerec.train.trainer import adam
-    except ImportError:
-        return torch.optim.Adam(params, lr=lr)
-    return adam(params, lr)
-
-
 def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
-    import numpy as np
     import torch
 
-    from latticerec.data.readers import load_dataset
     from latticerec.graphs.knn import knn_graph
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
     from latticerec.train.trainer import evaluate_split
 
-    ds = load_dataset(SHARED / dataset)
-    rng = np.random.default_rng(0)
-    feats = {m: rng.standard_normal((ds.n_items, d), dtype=np.float32) for m, d in SHAPES.items()}
-    ds = dataclasses.replace(ds, features=feats, item_graphs={})
+    ds = with_paper_features(SHARED / dataset)
     t = time.perf_counter()
-    for f in feats.values():
+    for f in ds.features.values():
         knn_graph(torch.from_numpy(f), 10)
     initial_s = time.perf_counter() - t
     run = resolve_config(model, {"batch_size": str(batch_size)})

@@ -21,8 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHAPES = {"image": 4096, "text": 1024}
 
 
 def build(model: str, overrides: dict, inputs):
@@ -30,13 +31,12 @@ def build(model: str, overrides: dict, inputs):
 
     from latticerec.models.registry import get_backbone_class, get_model_class
     from latticerec.train.build import resolve_config
-    from latticerec.train.trainer import adam
 
     run = resolve_config(model, {"backbone": "lightgcn", **overrides})
     torch.manual_seed(0)
     backbone = get_backbone_class("lightgcn").from_inputs(run.backbone_config, inputs)
     net = get_model_class(model).from_inputs(run.model_config, inputs, backbone)
-    return net, adam(list(net.parameters()), run.train.lr)
+    return net, optimiser(list(net.parameters()), run.train.lr)
 
 
 def train_epoch(net, opt, sampler, epoch: int, batch_size: int) -> tuple[float, float]:
@@ -66,21 +66,16 @@ def main(argv=None) -> int:
         print(f"skip: {a.data} is absent")
         return 0
 
-    import numpy as np
     import torch
 
     from latticerec.config import parse_overrides
-    from latticerec.data.readers import load_dataset
     from latticerec.graphs.knn import knn_graph
     from latticerec.train.build import model_inputs
     from latticerec.train.sampling import BPRSampler
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    ds = load_dataset(a.data)
-    rng = np.random.default_rng(0)
-    feats = {m: rng.standard_normal((ds.n_items, d), dtype=np.float32) for m, d in SHAPES.items()}
-    ds = dataclasses.replace(ds, features=feats, item_graphs={})
+    ds = with_paper_features(a.data)
     graphs = {}
 
     def cached_knn(features, k, backend="exact"):  # both models get the same initial graphs, built once

@@ -12,14 +12,14 @@ step. Prints the profiler's top operators by self CPU time and the wall-clock se
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 import time
 from collections import defaultdict
 from pathlib import Path
 
+from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-SHAPES = {"image": 4096, "text": 1024}
 
 
 def main(argv=None) -> int:
@@ -36,32 +36,21 @@ def main(argv=None) -> int:
         print(f"skip: {a.data} is absent")
         return 0
 
-    import numpy as np
     import torch
     from torch.profiler import ProfilerActivity, profile, record_function
 
     from latticerec.config import parse_overrides
-    from latticerec.data.readers import load_dataset
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
     from latticerec.train.trainer import evaluate_split
 
-    try:  # the trainer's optimiser; a tree from before it existed used plain Adam
-        from latticerec.train.trainer import adam
-    except ImportError:
-        def adam(params, lr):
-            return torch.optim.Adam(params, lr=lr)
-
     if a.threads:
         torch.set_num_threads(a.threads)
-    ds = load_dataset(a.data)
-    rng = np.random.default_rng(0)
-    feats = {m: rng.standard_normal((ds.n_items, d), dtype=np.float32) for m, d in SHAPES.items()}
-    ds = dataclasses.replace(ds, features=feats, item_graphs={})
+    ds = with_paper_features(a.data)
     run = resolve_config(a.model, {"batch_size": str(a.batch_size), **parse_overrides(a.set)})
     torch.manual_seed(0)
     net = build_model(run, ds)
-    opt = adam(list(net.parameters()), run.train.lr)
+    opt = optimiser(list(net.parameters()), run.train.lr)
     sampler = BPRSampler(ds.train, seed=0)
     phases: dict[str, float] = defaultdict(float)
 
