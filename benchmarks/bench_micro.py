@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+from paper_shapes import optimiser, prepared  # benchmarks/paper_shapes.py
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -62,8 +62,8 @@ def main(argv=None) -> int:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="MICRO option (repeatable), e.g. cl_items=all")
     a = p.parse_args(argv)
-    if not Path(a.data).exists():
-        print(f"skip: {a.data} is absent")
+    ds = prepared(a.data, a.threads)
+    if ds is None:
         return 0
 
     import torch
@@ -73,9 +73,6 @@ def main(argv=None) -> int:
     from latticerec.train.build import model_inputs
     from latticerec.train.sampling import BPRSampler
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    ds = with_paper_features(a.data)
     graphs = {}
 
     def cached_knn(features, k, backend="exact"):  # both models get the same initial graphs, built once

@@ -21,6 +21,21 @@ def with_paper_features(path):
     return dataclasses.replace(ds, features=feats, item_graphs={})
 
 
+def prepared(path, threads: int | None = None):
+    """:func:`with_paper_features` of ``path`` with ``threads`` torch threads (None: torch's
+    choice); None, after saying so, when the dataset is absent."""
+    from pathlib import Path
+
+    import torch
+
+    if not Path(path).exists():
+        print(f"skip: {path} is absent")
+        return None
+    if threads:
+        torch.set_num_threads(threads)
+    return with_paper_features(path)
+
+
 def optimiser(params, lr: float):
     """``train.trainer.adam`` where the tree has it, else ``torch.optim.Adam``."""
     import torch

@@ -17,7 +17,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+from paper_shapes import optimiser, prepared  # benchmarks/paper_shapes.py
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -32,8 +32,8 @@ def main(argv=None) -> int:
     p.add_argument("--top", type=int, default=15, help="operators listed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option")
     a = p.parse_args(argv)
-    if not Path(a.data).exists():
-        print(f"skip: {a.data} is absent")
+    ds = prepared(a.data, a.threads)
+    if ds is None:
         return 0
 
     import torch
@@ -44,9 +44,6 @@ def main(argv=None) -> int:
     from latticerec.train.sampling import BPRSampler
     from latticerec.train.trainer import evaluate_split
 
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    ds = with_paper_features(a.data)
     run = resolve_config(a.model, {"batch_size": str(a.batch_size), **parse_overrides(a.set)})
     torch.manual_seed(0)
     net = build_model(run, ds)
