@@ -52,9 +52,14 @@ def measure(data: str, model: str, epochs: int, batch_size: int, eval_users: int
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.trainer import fit
 
+    def say(msg):  # phases as they end, on stderr: a run stopped early still tells where it was
+        print(f"[{model}] {msg}", file=sys.stderr, flush=True)
+
     t = time.perf_counter()
     ds = load_dataset(data)
     load_s = time.perf_counter() - t
+    say(f"data loaded in {load_s:.1f} s: {ds.n_items} items, {ds.n_users} users, {ds.train.nnz} train pairs; "
+        f"peak RSS {peak_rss_gb():.2f} GB")
     run = resolve_config(model, {"batch_size": str(batch_size), "epochs": str(epochs),
                                  "eval_every": str(epochs), "eval_users": str(eval_users), "seed": "0",
                                  **parse_overrides(options)})
@@ -62,8 +67,10 @@ def measure(data: str, model: str, epochs: int, batch_size: int, eval_users: int
     net = build_model(run, ds)
     build_s = time.perf_counter() - t
     rss_built = peak_rss_gb()
+    say(f"model built (initial kNN graphs) in {build_s:.1f} s; peak RSS {rss_built:.2f} GB")
     t = time.perf_counter()
-    result = fit(net, ds, run.train, progress=False, log=lambda m: None)
+    result = fit(net, ds, run.train, progress=False,
+                 log=lambda m: say(f"{m}; peak RSS {peak_rss_gb():.2f} GB"))
     fit_s = time.perf_counter() - t
     last = result["history"][-1]
     epoch_s = [h["seconds"] for h in result["history"]]
@@ -105,9 +112,9 @@ def main(argv=None) -> int:
                    "--eval-users", str(a.eval_users)]
             for s in a.set:
                 cmd += ["--set", s]
-            out = subprocess.run(cmd, capture_output=True, text=True)
+            out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # stderr: the phases, live
             if out.returncode:
-                print(f"{model} at {size}: failed\n{out.stderr[-3000:]}", flush=True)
+                print(f"{model} at {size}: failed (exit {out.returncode})", flush=True)
                 continue
             r = {"size": size, **json.loads(out.stdout.strip().splitlines()[-1])}
             rows.append(r)
