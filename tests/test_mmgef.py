@@ -203,7 +203,8 @@ def test_cooccurrence_options_reach_the_model(blocks):
     assert torch.equal(model.cf_graph.to_dense(), ref.to_dense())
     paper = _mmgef(blocks, cooc_topk=0, cooc_norm="max")  # eq. 3-4 as printed
     assert paper.cf_graph_t is None  # the full graph is symmetric and is its own transpose
-    assert torch.allclose(paper.cf_graph.to_dense(), cooccurrence_graph(model_inputs(blocks).train).to_dense())
+    eq_4 = cooccurrence_graph(model_inputs(blocks).train).to_dense()
+    assert torch.allclose(paper.cf_graph.to_dense(), eq_4)
 
 
 def test_default_cooccurrence_graph_is_at_the_content_graphs_scale(blocks):
