@@ -84,8 +84,8 @@ class MMGEFConfig(Structure, FeatureFusion):
     top-k per row of ``E^c`` (10 by default, the content graph's k; 0 = every co-occurring pair, as
     eq. 3-4). ``cooc_norm``: ``symmetric`` (default, ``D^-1/2 C D^-1/2``: the content graph's scale)
     or ``max`` (the paper's eq. 4, ``C / C_max``). ``item_layers``: steps of eq. 6 (at least one).
-    ``use_cf`` / ``attention``: the ablations of Table 1 (``w/o CF`` = ``use_cf=false``, ``w/o Att`` = ``attention=false``,
-    ``w/o CF+Att`` = both).
+    ``use_cf`` / ``attention``: the ablations of Table 1 (``w/o CF`` = ``use_cf=false``,
+    ``w/o Att`` = ``attention=false``, ``w/o CF+Att`` = both).
     """
 
     cooc_topk: int = 10
