@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.errors import ConfigError
+from latticerec.graphs.ann import as_search
 from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
 from latticerec.graphs.sparse import ConstantCSR, compact_indices, transpose_csr
 from latticerec.models.backbones import Backbone
@@ -84,7 +85,7 @@ class LatentStructure(nn.Module):
                  search: str | KnnSearch = "exact"):
         super().__init__()
         self.names = list(initial)
-        self.knn_k, self.lam, self.search = knn_k, lam, search
+        self.knn_k, self.lam, self.search = knn_k, lam, as_search(search)
         self.normalize_learned = True  # False: the learned values are the unnormalised Ŝ_m (eq. 2)
         self.learn = lam < 1.0
         if self.learn:

@@ -146,7 +146,7 @@ def _unplaceable(model) -> dict | None:
     """The fold-in spec ``kind: none`` of a model trained with a released-code graph option that
     the fold-in rows (eq. 1-3 per modality, negatives suppressed) do not reproduce; else None."""
     released = [name for name, used in (("lattice_graph=joint", getattr(model, "joint", False)),
-                                        ("knn_relu=false", not getattr(model.structure.search, "relu", True)))
+                                        ("knn_relu=false", not model.structure.search.relu))
                 if used]
     if not released:
         return None
