@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from latticerec.graphs.ann import BACKENDS, KnnSearch, as_search, faiss_search
 from latticerec.graphs.normalize import symmetric_normalize_csr, symmetric_values
-from latticerec.graphs.sparse import INT32_LIMIT, GradCSR, csr_from_parts, spmm
+from latticerec.graphs.sparse import GradCSR, compact_indices, csr_from_parts, spmm
 
 __all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indices", "knn_rows", "knn_values",
            "pairs_graph", "skip_connection", "symmetric_normalize", "weighted_spmm"]
@@ -161,9 +161,8 @@ def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.T
     n, k = neighbours.shape
     cols, order = neighbours.sort(dim=1)
     vals = values.gather(1, order).reshape(-1)
-    index = torch.int32 if max(n, n * k) < INT32_LIMIT else torch.long  # int32: faster products
-    crow = torch.arange(0, n * k + 1, k, device=neighbours.device, dtype=index)
-    csr = csr_from_parts(crow, cols.reshape(-1).to(index), vals.detach(), (n, n))
+    crow = torch.arange(0, n * k + 1, k, device=neighbours.device)
+    csr = compact_indices(csr_from_parts(crow, cols.reshape(-1), vals.detach(), (n, n)))
     return GradCSR(csr, vals) if vals.requires_grad else csr
 
 
