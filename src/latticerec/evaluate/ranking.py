@@ -31,13 +31,13 @@ def _hits(target: sp.csr_matrix, batch: np.ndarray, top_items: torch.Tensor) -> 
     """``hits[b, j]``: whether ``top_items[b, j]`` is in row ``batch[b]`` of ``target``; a sorted-key
     lookup (``O(B K log nnz)``), never a dense ``B x n_items`` mask."""
     r, c = _batch_coords(target, batch)
-    n = np.int64(max(int(top_items.max()) + 1, int(c.max()) + 1 if c.size else 0, 1))
+    n = target.shape[1]
     keys = torch.as_tensor(r.astype(np.int64) * n + c.astype(np.int64), device=top_items.device)
     if keys.numel() == 0:
         return torch.zeros_like(top_items, dtype=torch.bool)
-    keys = keys.sort().values  # CSR rows ascending with sorted columns: already sorted, cheap check
+    keys = keys.sort().values  # a row's columns need not be sorted in a scipy CSR
     rows = torch.arange(top_items.shape[0], device=top_items.device, dtype=torch.int64).unsqueeze(1)
-    query = rows * int(n) + top_items.long()
+    query = rows * n + top_items.long()
     pos = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
     return keys[pos] == query
 
