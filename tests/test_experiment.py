@@ -9,7 +9,7 @@ import pytest
 from scipy import stats
 
 from latticerec.cli import main
-from latticerec.errors import ConfigError
+from latticerec.errors import ConfigError, LatticeRecError
 from latticerec.experiment import runner
 from latticerec.experiment.results import write_results
 from latticerec.experiment.runner import RunTask, run_tasks
@@ -134,6 +134,52 @@ def test_a_cut_run_resumes_from_its_checkpoint_and_a_foreign_folder_is_never_ove
     outcome = run_tasks([changed], log=lambda m: None)[0]
     assert outcome["state"] == "failed" and "other options" in outcome["error"]
     assert (Path(tasks[0].run_dir) / "best.pt").read_bytes() == before
+
+
+def test_reuse_copies_a_finished_run_with_the_same_options_and_trains_the_others(
+        tmp_path, count_fit, capsys):
+    first = write_spec(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0]"), "first.toml")
+    assert main(["experiment", str(first), "--out", str(tmp_path / "a")]) == 0
+    assert len(count_fit) == 3
+    # a second spec: mf (same options: copied), lightgcn with 3 layers (new: trained), mf at another lr
+    second = write_spec(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "n_layers = [1, 2]", "n_layers = [2, 3]") + '[[models]]\nlabel = "mf-lr"\nmodel = "mf"\n'
+        'options = { lr = 0.01 }\n', "second.toml")
+    count_fit.clear()
+    capsys.readouterr()
+    assert main(["experiment", str(second), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "a")]
+                ) == 0
+    assert len(count_fit) == 2  # lightgcn n_layers=3 and mf-lr; mf and lightgcn n_layers=2 copied
+    assert capsys.readouterr().err.count("copied from the finished run") == 2
+    cell = "runs/mf/synthetic/default/seed-0"
+    src, dst = tmp_path / "a" / cell, tmp_path / "b" / cell
+    for name in ("best.pt", "per_user.npz", "checkpoint.pt"):
+        assert (src / name).read_bytes() == (dst / name).read_bytes()
+    copied = json.loads((dst / "metrics.json").read_text())
+    assert copied["test"] == json.loads((src / "metrics.json").read_text())["test"]
+    assert copied["reused_from"] == str(src)
+    rows = {(r["label"], r["point"]): r for r in csv.DictReader((tmp_path / "b/results.csv").open())}
+    assert len(rows) == 4 and rows[("mf", "default")]["epochs_run"] == "2"
+    # a second call skips all four; the copied folder is a finished run of the spec like any other
+    count_fit.clear()
+    assert main(["experiment", str(second), "--out", str(tmp_path / "b"), "--reuse", str(tmp_path / "a")]
+                ) == 0
+    assert count_fit == []
+
+
+def test_reuse_skips_a_run_trained_on_other_data_content(tmp_path, count_fit):
+    spec = load_spec(write_spec(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0]")))
+    tasks = plan(spec, tmp_path / "a")[:1]
+    run_tasks(tasks, log=lambda m: None)
+    meta = json.loads((Path(tasks[0].run_dir) / "config.json").read_text())
+    meta["dataset_hash"] = "0" * len(meta["dataset_hash"])  # as if the data had changed since
+    (Path(tasks[0].run_dir) / "config.json").write_text(json.dumps(meta))
+    again = runner.attach_reuse(plan(spec, tmp_path / "b")[:1], [tmp_path / "a"])
+    assert again[0].reuse_from == tasks[0].run_dir
+    count_fit.clear()
+    assert run_tasks(again, log=lambda m: None)[0]["state"] == "empty" and len(count_fit) == 1
+    with pytest.raises(LatticeRecError, match="not a folder"):
+        runner.attach_reuse(again, [tmp_path / "missing"])
 
 
 def test_jobs_run_in_worker_processes(tmp_path):

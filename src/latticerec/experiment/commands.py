@@ -17,13 +17,15 @@ def _set_options(groups) -> dict:
 
 def cmd_experiment(args) -> int:
     from latticerec.experiment.results import write_results
-    from latticerec.experiment.runner import run_tasks
+    from latticerec.experiment.runner import attach_reuse, run_tasks
     from latticerec.experiment.spec import load_spec, plan
 
     spec = load_spec(args.spec)
     out = Path(args.out or Path("runs") / "experiments" / spec.name)
-    tasks = plan(spec, out, extra=_set_options(args.set))
-    print(f"experiment {spec.name}: {len(tasks)} runs into {out} ({args.jobs} at a time)", file=sys.stderr)
+    tasks = attach_reuse(plan(spec, out, extra=_set_options(args.set)), args.reuse or [])
+    reusable = sum(bool(t.reuse_from) for t in tasks)
+    print(f"experiment {spec.name}: {len(tasks)} runs into {out} ({args.jobs} at a time"
+          + (f"; {reusable} can be copied from --reuse" if args.reuse else "") + ")", file=sys.stderr)
     outcomes = run_tasks(tasks, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
                          log=lambda m: print(m, file=sys.stderr))
     written = write_results(spec, tasks, out)
@@ -83,6 +85,10 @@ def add_experiment_parser(sub) -> None:
     e.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="override an option of every run (e.g. --set epochs=30); changes the runs' "
                    "configs, so give a new --out")
+    e.add_argument("--reuse", action="append", metavar="DIR",
+                   help="copy a planned run from a finished run with the same model, data and "
+                   "options found under DIR (e.g. another experiment's output) instead of training "
+                   "it again; repeatable")
     _common(e)
     e.set_defaults(func=cmd_experiment)
 

@@ -11,13 +11,22 @@ A run folder (:class:`~latticerec.train.rundir.RunDir`) is in one of four states
   (no checkpoint yet);
 * **foreign** (a ``config.json`` of another run): an error naming the folder; it is never overwritten.
 
+``--reuse DIR`` (:func:`attach_reuse`): an *empty* planned run whose model, data and options equal
+those of a finished run found under ``DIR`` (another experiment's output, say: the LightGCN reference
+and LATTICE's default cell appear in most of the papers' tables) is copied from it instead of being
+trained again, provided the data's content hash is still the one that run was trained on. Options
+are compared as configs (an older run that lacks an option added since reads it as its default,
+as ``--resume`` does); the code version is not compared.
+
 ``jobs > 1`` runs the runs in a pool of ``jobs`` worker processes (``spawn``: each worker imports
 torch once and trains run after run); each worker gets ``max(1, cores // jobs)`` torch threads.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import os
 import sys
 import time
@@ -39,6 +48,7 @@ class RunTask:
     grid: dict[str, Any] = field(default_factory=dict)
     overrides: dict[str, Any] = field(default_factory=dict)
     run_dir: str = ""
+    reuse_from: str = ""  # a finished run folder with the same model, data and options
 
 
 def data_spec(data: str) -> str:
@@ -50,6 +60,53 @@ def flat_options(config: dict) -> dict[str, Any]:
     """A saved run config (``RunConfig.to_dict()``) as one flat ``--set`` key -> value mapping."""
     return {k: v for part in ("train", "backbone_config", "model_config")
             for k, v in (config.get(part) or {}).items()}
+
+
+def _config_key(model: str, data: str, config: dict) -> str:
+    return json.dumps([model, data, config], sort_keys=True, default=str)
+
+
+def finished_runs(roots) -> dict[str, str]:
+    """Every finished run folder under ``roots`` (``metrics.json`` and ``per_user.npz`` beside a
+    readable ``config.json``), keyed by its model, data and normalised options. Folders whose config
+    no longer reads (a removed model or option) are passed over."""
+    from latticerec.train.build import config_from_dict
+    from latticerec.train.rundir import RunDir
+
+    found: dict[str, str] = {}
+    for root in roots:
+        if not Path(root).is_dir():
+            raise RunError(f"--reuse {root}: not a folder")
+        for config_file in sorted(Path(root).rglob(RunDir.CONFIG)):
+            run_dir = RunDir(config_file.parent)
+            if not (run_dir.file(run_dir.METRICS).exists() and run_dir.file(run_dir.PER_USER).exists()):
+                continue
+            try:
+                meta = run_dir.read_config()
+                config = config_from_dict(meta["config"]).to_dict()
+            except (LatticeRecError, KeyError, TypeError, ValueError, AttributeError):
+                continue
+            found.setdefault(_config_key(meta["model"], meta["data"], config), str(run_dir.path))
+    return found
+
+
+def attach_reuse(tasks: list[RunTask], roots) -> list[RunTask]:
+    """``tasks`` with ``reuse_from`` set where a finished run under ``roots`` has the same model,
+    data and options (see module)."""
+    from latticerec.train.build import resolve_config
+
+    if not roots:
+        return tasks
+    found = finished_runs(roots)
+    out = []
+    for task in tasks:
+        key = _config_key(task.model, data_spec(task.data),
+                          resolve_config(task.model, task.overrides).to_dict())
+        source = found.get(key, "")
+        if source and Path(source).resolve() == Path(task.run_dir).resolve():
+            source = ""
+        out.append(dataclasses.replace(task, reuse_from=source))
+    return out
 
 
 @functools.lru_cache(maxsize=2)
@@ -78,10 +135,12 @@ def run_state(run_dir, expected: dict) -> str:
 
 def train_into(model_name: str, data: str, overrides: dict, out, *, device: str = "cpu",
                cache_dir: str | None = None, on_evaluate=None, test: bool = True,
-               log=None) -> tuple[str, dict | None]:
+               log=None, reuse_from: str = "") -> tuple[str, dict | None]:
     """Train ``model_name`` on ``data`` into the run folder ``out`` (see :func:`run_state`); returns
     ``(state before, metrics.json content or None when skipped)``. ``on_evaluate`` and ``test``
-    are :func:`~latticerec.train.trainer.fit`'s."""
+    are :func:`~latticerec.train.trainer.fit`'s. ``reuse_from``: a finished run of the same model,
+    data and options, copied (state ``"reused"``) instead of training when ``out`` is empty and the
+    data's content hash is the one it was trained on."""
     from latticerec.graphs.cache import KnnGraphCache
     from latticerec.train.build import build_model, resolve_config, resolve_device
     from latticerec.train.rundir import RunDir
@@ -95,6 +154,13 @@ def train_into(model_name: str, data: str, overrides: dict, out, *, device: str 
         if state == "finished":
             return state, None
         dataset = load_data(spec)
+        if state == "empty" and reuse_from:
+            source = RunDir(reuse_from)
+            if source.read_config().get("dataset_hash") == dataset.content_hash():
+                meta = {"model": model_name, "data": spec, "config": run.to_dict(),
+                        "dataset_hash": dataset.content_hash()}
+                run_dir.copy_finished_from(source, meta)
+                return "reused", run_dir.read_metrics()
         model = build_model(run, dataset, resolve_device(device), KnnGraphCache(cache_dir))
         data_hash = dataset.content_hash()
         run_dir.write_config({"model": model_name, "data": spec, "config": run.to_dict(),
@@ -114,7 +180,7 @@ def run_task(task: RunTask, device: str = "cpu", cache_dir: str | None = None) -
     """Train one grid run; ``{"run_dir", "state", "seconds"}`` (``state``: finished = skipped)."""
     start = time.perf_counter()
     state, _ = train_into(task.model, task.data, task.overrides, task.run_dir, device=device,
-                          cache_dir=cache_dir)
+                          cache_dir=cache_dir, reuse_from=task.reuse_from)
     return {"run_dir": task.run_dir, "state": state, "seconds": round(time.perf_counter() - start, 2)}
 
 
@@ -134,13 +200,14 @@ def _run_task_safe(task: RunTask, device: str, cache_dir: str | None) -> dict:
 def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
               log=print) -> list[dict]:
     """Run ``tasks`` (``jobs`` at a time); a failed run is reported and the others go on. Returns one
-    outcome per task (``state``: empty / cut / resumed / finished / failed)."""
+    outcome per task (``state``: empty / cut / resumed / reused / finished / failed)."""
     outcomes = []
 
     def note(i: int, out: dict) -> None:
         outcomes.append(out)
         what = {"finished": "already finished, skipped", "failed": f"FAILED: {out.get('error')}",
-                "resumed": "resumed from its checkpoint"}.get(out["state"], "trained")
+                "resumed": "resumed from its checkpoint",
+                "reused": f"copied from the finished run {tasks[i].reuse_from}"}.get(out["state"], "trained")
         log(f"[{len(outcomes)}/{len(tasks)}] {tasks[i].run_dir}: {what}")
 
     if jobs <= 1:

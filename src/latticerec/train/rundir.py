@@ -207,6 +207,18 @@ class RunDir:
     def write_config(self, meta: dict[str, Any]) -> None:
         atomic_write_json(self.file(self.CONFIG), meta)
 
+    def copy_finished_from(self, source: RunDir, meta: dict[str, Any]) -> None:
+        """Make this (empty) folder a copy of the finished run ``source``, under the config ``meta``
+        (the planned run's own, equal in meaning to ``source``'s). Each file is written atomically;
+        the config comes first and the metrics last, so a copy cut half-way reads as a *cut* run
+        (resumed or retrained), never as a finished one."""
+        self.write_config(meta)
+        for name in (self.CHECKPOINT, self.BEST, self.PER_USER):
+            if source.file(name).exists():
+                atomic_write_bytes(self.file(name), source.file(name).read_bytes())
+        metrics = source.read_metrics()
+        self.write_metrics({**metrics, "config": meta["config"], "reused_from": str(source.path)})
+
     def read_metrics(self) -> dict:
         return self._read_json(self.METRICS)
 
