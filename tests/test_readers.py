@@ -217,6 +217,49 @@ def test_mmrec_bad_rows(tmp_path, case):
     data_error(["toy.inter", *parts], read_mmrec, tmp_path)
 
 
+def _random_inter(path: Path, n: int, seed: int = 0, bom: bool = False, final_newline: bool = True):
+    rng = np.random.default_rng(seed)
+    users, items = rng.integers(0, 2**31 - 1, n), rng.integers(0, 10**rng.integers(1, 10, n))
+    labels = rng.integers(0, 3, n)
+    lines = [f"{r:.1f}\t{i:0{w}d}\t{t}\t{lab}\t{u}" for u, i, lab, r, t, w in zip(
+        users, items, labels, rng.random(n) * 5, rng.integers(0, 2**40, n), rng.integers(1, 4, n),
+        strict=True)]
+    text = "rating:float\titemID:token\ttimestamp\tx_label\tuserID:token\n" + "\n".join(lines)
+    path.write_bytes((b"\xef\xbb\xbf" if bom else b"") + (text + ("\n" if final_newline else "")).encode())
+    return users, items, labels
+
+
+@pytest.mark.parametrize("bom, final_newline, block",
+                         [(False, True, 64), (True, False, 1000), (False, True, 10**6)])
+def test_the_vectorised_inter_reader_equals_the_line_reader(tmp_path, monkeypatch, bom, final_newline, block):
+    from latticerec.data import readers
+
+    path = tmp_path / "r.inter"
+    users, items, labels = _random_inter(path, 3000, bom=bom, final_newline=final_newline)
+    monkeypatch.setattr(readers, "INTER_BLOCK", block)  # many blocks, each cut at a line end
+    fast = readers.read_inter_file(path)
+    assert readers._read_inter_fast(path.read_bytes(), (4, 1, 3), 5, path.read_bytes().find(b"\n") + 1) \
+        is not None or bom  # the plain file takes the vectorised path
+    monkeypatch.setattr(readers, "_read_inter_fast", lambda *a: None)
+    slow = readers.read_inter_file(path)
+    for a, b, want in zip(fast, slow, (users, items, labels, np.arange(2, 3002)), strict=True):
+        assert a.dtype == np.int64 and np.array_equal(a, b) and np.array_equal(a, want)
+
+
+@pytest.mark.parametrize("row, needle", [("2147483648\t1\t0", "user id 2147483648 is too large"),
+                                         ("0\t99999999999\t0", "item id 99999999999 is too large"),
+                                         ("0\t1\t+0", "x_label '+0'"), ("0\t1\t0\t", "got 4")])
+def test_ids_the_vectorised_reader_cannot_take_are_named_by_line(tmp_path, row, needle):
+    write_inter(tmp_path, GOOD[:1] + [row] + GOOD[2:])
+    data_error(["toy.inter", "line 3", needle], read_mmrec, tmp_path)
+
+
+def test_spaces_around_an_id_are_still_read_by_the_line_reader(tmp_path):
+    write_inter(tmp_path, GOOD[:1] + [" 2\t2 \t 0 "] + GOOD[1:])  # a new train pair, spaced
+    ds = read_mmrec(tmp_path)
+    assert ds.train.nnz == sum(r.endswith("\t0") for r in GOOD) + 1 and ds.train[2, 2] == 1
+
+
 def test_mmrec_line_numbers_with_crlf(tmp_path):
     write_inter(tmp_path, GOOD[:1] + ["0\t1\t7"] + GOOD[2:], newline="\r\n")
     data_error(["toy.inter", "line 3", "x_label 7"], read_mmrec, tmp_path)

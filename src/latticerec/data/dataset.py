@@ -129,8 +129,17 @@ def interactions_to_csr(users: np.ndarray, items: np.ndarray, n_users: int, n_it
     return mat
 
 
+def _nonfinite_rows(feat: np.ndarray, block: int = 2**16) -> np.ndarray:
+    """Row indices of ``feat`` holding NaN or inf, checked ``block`` rows at a time (the mask of a
+    whole 1M x 512 matrix would be another 512 MB)."""
+    bad = [s + np.flatnonzero(~np.isfinite(feat[s:s + block]).all(axis=1))
+           for s in range(0, feat.shape[0], block)]
+    return np.concatenate(bad) if bad else np.zeros(0, np.int64)
+
+
 def check_features(features: dict[str, np.ndarray], n_items: int, where: str) -> dict[str, np.ndarray]:
-    """Validate feature matrices: 2-D, one row per item, finite; returns float32 copies."""
+    """Validate feature matrices: 2-D, one row per item, finite; returns them as float32 (the same
+    array when it is float32 already: callers must not modify it in place)."""
     out = {}
     for name, feat in features.items():
         src = f"{where}: modality {name!r}"
@@ -144,10 +153,9 @@ def check_features(features: dict[str, np.ndarray], n_items: int, where: str) ->
             )
         if not np.issubdtype(feat.dtype, np.number):
             raise DataError(f"{src}: features must be numeric, got dtype {feat.dtype}")
-        feat = feat.astype(np.float32)
-        bad = ~np.isfinite(feat)
-        if bad.any():
-            rows = np.unique(np.nonzero(bad)[0])
+        feat = feat.astype(np.float32, copy=False)  # no second copy of float32 features
+        rows = _nonfinite_rows(feat)
+        if rows.size:
             raise DataError(
                 f"{src}: {len(rows)} feature rows contain NaN or inf (first item ids: "
                 f"{', '.join(map(str, rows[:5]))})"
