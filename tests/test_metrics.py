@@ -88,6 +88,26 @@ def test_evaluate_ranking_batches_agree_and_skip_users_without_targets():
         evaluate_ranking(users, items, empty)
 
 
+def test_the_score_block_shrinks_with_the_catalogue_and_the_metrics_do_not_change(monkeypatch):
+    from latticerec.evaluate import ranking
+
+    assert ranking.score_rows(4096, 6_710) == 4096  # TikTok: unchanged
+    assert ranking.score_rows(4096, 1_000_000) == 67  # 1M items: 67 x 1M scores, not 4,096 x 1M
+    users, items = torch.randn(30, 8), torch.randn(40, 8)
+    train = sp.random(30, 40, density=0.1, format="csr", random_state=1)
+    target = sp.random(30, 40, density=0.1, format="csr", random_state=2)
+    train.data[:], target.data[:] = 1, 1
+    target = (target - target.multiply(train)).tocsr()
+    target.eliminate_zeros()
+    full = evaluate_ranking(users, items, target, exclude=[train], batch_size=1000)
+    sizes = []
+    real = ranking.score_rows
+    monkeypatch.setattr(ranking, "SCORE_BUDGET", 40 * 3)  # three users' scores at a time
+    monkeypatch.setattr(ranking, "score_rows", lambda b, n: sizes.append(real(b, n)) or real(b, n))
+    assert evaluate_ranking(users, items, target, exclude=[train], batch_size=1000) == pytest.approx(full)
+    assert sizes == [3]
+
+
 def test_ndcg_legacy_every_cutoff_by_hand():
     """The released code scores every K from the hit list of the top max(Ks): its ideal DCG@K sorts
     all hits of that list to the top before cutting at K (issue 15: wrong for K < max(topk))."""

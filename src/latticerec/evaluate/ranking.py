@@ -42,10 +42,21 @@ def _hits(target: sp.csr_matrix, batch: np.ndarray, top_items: torch.Tensor) -> 
     return keys[pos] == query
 
 
+SCORE_BUDGET = 64 * 2**20  # floats in one block of user x item scores (256 MB)
+
+
+def score_rows(batch_size: int, n_items: int) -> int:
+    """Users scored at once: ``batch_size``, fewer when ``batch_size x n_items`` scores would pass
+    :data:`SCORE_BUDGET` (4,096 users x 1M items would be 16 GB; the block size does not change the
+    metrics)."""
+    return max(1, min(batch_size, SCORE_BUDGET // max(n_items, 1)))
+
+
 def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarray, k: int,
                exclude: list[sp.csr_matrix] | tuple = (), batch_size: int = 1024,
                candidates: np.ndarray | None = None, score_fn=None):
-    """Yield ``(batch_users, top_items, top_scores)`` for ``users`` in batches.
+    """Yield ``(batch_users, top_items, top_scores)`` for ``users`` in batches of ``batch_size``
+    users (at most; :func:`score_rows`).
 
     Scores are ``user_repr[u] · item_repr[i]``, or ``score_fn(batch) -> (B x I)`` when given (a
     non-factorised model's ``score_users``; ``item_repr`` then only gives the item count and device,
@@ -58,8 +69,9 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
         allowed = torch.full((item_repr.shape[0],), float("-inf"), device=device)
         allowed[torch.as_tensor(candidates, device=device)] = 0.0
     k = min(k, item_repr.shape[0])
-    for start in range(0, len(users), batch_size):
-        batch = users[start: start + batch_size]
+    step = score_rows(batch_size, item_repr.shape[0])
+    for start in range(0, len(users), step):
+        batch = users[start: start + step]
         batch_t = torch.as_tensor(batch, device=device)
         scores = user_repr[batch_t] @ item_repr.T if score_fn is None else score_fn(batch_t).float()
         if allowed is not None:
