@@ -49,11 +49,8 @@ def measure(data: str, model: str, epochs: int, batch_size: int, eval_users: int
 
     from latticerec.config import parse_overrides
     from latticerec.data.readers import load_dataset
-    from latticerec.train.allocator import reuse_large_blocks
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.trainer import fit
-
-    reuse_large_blocks()  # as `latticerec train` does
 
     def say(msg):  # phases as they end, on stderr: a run stopped early still tells where it was
         print(f"[{model}] {msg}", file=sys.stderr, flush=True)

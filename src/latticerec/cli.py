@@ -107,7 +107,6 @@ def _train(args, run, device, dist) -> int:
 
     from latticerec.data.readers import load_dataset
     from latticerec.graphs.cache import KnnGraphCache
-    from latticerec.train.allocator import reuse_large_blocks
     from latticerec.train.build import build_model
     from latticerec.train.rundir import RunDir
     from latticerec.train.trainer import fit
@@ -119,7 +118,6 @@ def _train(args, run, device, dist) -> int:
 
         check_export_target(args.export, args.overwrite)
     data_spec = args.data if args.data == "synthetic" else str(Path(args.data).resolve())
-    reuse_large_blocks()  # big tensors from the heap, not fresh mappings (train/allocator.py)
     cache = KnnGraphCache(args.cache_dir)
     cache.check_writable()  # before the data load: a read-only or full disk is reported at once
 

@@ -137,15 +137,10 @@ def knn_values(features: torch.Tensor, neighbours: torch.Tensor, budget: int = 1
     Differentiable in ``features``: this is how gradients reach the projections of the learned graph.
     Costs ``O(N k d)``, not ``O(N² d)``, computed in row chunks of at most ``budget`` floats.
     """
-    features = features.float()
+    x = F.normalize(features.float(), dim=1)
     n, k = neighbours.shape
-    step = max(1, budget // max(k * features.shape[1], 1))
-    if features.requires_grad:  # the learned graph's projections (N x d, d small): normalise once
-        x = F.normalize(features, dim=1)
-        parts = [(x[s:s + step].unsqueeze(1) * x[neighbours[s:s + step]]).sum(-1) for s in range(0, n, step)]
-    else:  # raw features (1M x 512 at scale): rows normalised chunk by chunk, no normalised copy
-        parts = [(F.normalize(features[s:s + step], dim=1).unsqueeze(1)
-                  * F.normalize(features[neighbours[s:s + step]], dim=-1)).sum(-1) for s in range(0, n, step)]
+    step = max(1, budget // max(k * x.shape[1], 1))
+    parts = [(x[s:s + step].unsqueeze(1) * x[neighbours[s:s + step]]).sum(-1) for s in range(0, n, step)]
     sims = torch.cat(parts) if len(parts) > 1 else parts[0]
     return torch.relu(sims) if relu else sims
 
