@@ -125,18 +125,19 @@ class _ValuesSpmm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, crow, col, values, x, n_rows):
         a = csr_from_parts(crow, col, values.detach(), (n_rows, x.shape[0]))
-        rows = row_indices(crow)
-        ctx.save_for_backward(rows, col, values, x)
+        # int64 entry coordinates: index_select / index_add_ take them ~2x faster than int32
+        ctx.save_for_backward(row_indices(crow).long(), col.long(), values, x)
         return a @ x
 
     @staticmethod
     def backward(ctx, grad):
         rows, col, values, x = ctx.saved_tensors
         g_values = g_x = None
+        grad_rows = grad.index_select(0, rows)  # ∂L/∂Y_i of every stored entry, gathered once
         if ctx.needs_input_grad[2]:
-            g_values = (grad[rows] * x[col]).sum(-1)
+            g_values = (grad_rows * x.index_select(0, col)).sum(-1)
         if ctx.needs_input_grad[3]:
-            g_x = torch.zeros_like(x).index_add_(0, col, grad[rows] * values.detach().unsqueeze(1))
+            g_x = torch.zeros_like(x).index_add_(0, col, grad_rows.mul_(values.detach().unsqueeze(1)))
         return None, None, g_values, g_x, None
 
 
