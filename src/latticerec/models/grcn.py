@@ -4,23 +4,35 @@ Implicit feedback holds false-positive interactions (a click on an item the user
 GRCN scores every user-item edge by how well the item's content fits the user's preference in each
 modality, prunes the edges that fit badly, and runs the graph convolution on the refined graph.
 
-Section 3 of the paper, with ``E`` the training interactions and ``m`` every feature modality:
+Section 2 of the paper (MM '20 proceedings), with ``E`` the training interactions and ``m`` every
+feature modality; where this implementation departs from the paper it says so:
 
-* 3.2.1  prototypical network: the item's content ``î_m = norm(LeakyReLU(W_m f_m + b_m))`` and the
-         user's preference prototype ``û_m`` found by routing (``routing_iters`` times):
-         ``p_ui = softmax_{i ∈ N(u)}(û_mᵀ î_m)``, ``û_m ← norm(û_m + Σ_{i ∈ N(u)} p_ui î_m)``,
-         starting from a learned ``û_m = norm(u_m)``;
-* 3.2.2  pruning: the affinity of an edge in modality ``m`` is ``s^m_ui = û_mᵀ î_m`` (a cosine), the
-         modalities are integrated (``modality_weighting``: ``mean``, ``max``, or ``confidence``: the
-         max over ``m`` of ``κ_(j,m) s^m_ui`` with a learned confidence ``κ`` of the message's source
-         node ``j``) and the edge weight is ``ŝ_ui = ReLU(s_ui)``: an edge whose affinity is
-         negative is removed from the graph;
-* 3.3    graph convolution on the refined graph, a weighted mean over the original neighbourhood
-         ``x_k^(l) = (1/|N(k)|) Σ_{j ∈ N(k)} ŝ_jk x_j^(l-1)``: on the ID embeddings (``n_layers``
-         layers, ``x^(0) + … + x^(L)``, as the released code) and, once, on each modality's
-         ``[û_m; î_m]`` with its own pruned weights ``ReLU(s^m)``;
-* 3.4    the representation concatenates the ID part and every modality part,
-         ``ŷ_ui = u*ᵀ i*``; trained with BPR and L2 on the batch's ID embeddings.
+* 2.2.1  graph refining layer. Prototypical network: the item's content
+         ``î_m = LeakyReLU(W_m f_m + b_m)`` (eq. 1; rows L2-normalised here, as the released code)
+         and the user's preference prototype ``û_m`` found by neighbour routing (eq. 2-4,
+         ``routing_iters`` times): ``p_ui = softmax_{i ∈ N(u)}(î_mᵀ û_m)``,
+         ``û_m ← norm(û_m + Σ_{i ∈ N(u)} p_ui î_m)``, starting from a learned ``û_m = norm(u_m)``.
+         Pruning operations: the paper scores each edge in both directions with softmax-normalised
+         affinities, ``s^m_{u←i} = softmax_{j ∈ N(u)}(û_mᵀ î_m)`` and
+         ``s^m_{i←u} = softmax_{v ∈ N(i)}(î_mᵀ v̂_m)`` (eq. 5), and fuses the modalities with a
+         learned base vector ``ρ`` (eq. 6) of the *receiving* node,
+         ``s_{u←i} = max_m ρ^m_u s^m_{u←i}`` (eq. 7); its GRCN weights the edges with these
+         (positive) scores, "soft" pruning, and ``ReLU`` only appears in its ``GRCN_hard`` variant
+         (section 3.3.2). Here the affinity is the raw cosine ``s^m_ui = û_mᵀ î_m``, the same in
+         both directions, the modalities are integrated by ``modality_weighting`` (``mean``,
+         ``max``, the paper's ``GRCN_mean`` / ``GRCN_max``, or ``confidence``: the max over ``m`` of
+         ``κ_(j,m) s^m_ui`` with a learned confidence ``κ`` of the message's *source* node ``j``)
+         and the edge weight is ``ŝ_ui = ReLU(s_ui)``: an edge whose affinity is negative is removed;
+* 2.2.2  graph convolution on the refined graph: the paper's ``e_u^(l) = Σ_{i ∈ N(u)} s_{u←i}
+         e_i^(l-1)`` (eq. 8, its weights already normalised over ``N(u)``) becomes here a weighted
+         mean over the original neighbourhood, ``x_k^(l) = (1/|N(k)|) Σ_{j ∈ N(k)} ŝ_jk x_j^(l-1)``,
+         on the ID embeddings (``n_layers`` layers, ``x^(0) + … + x^(L)``, eq. 9 and the released
+         code); as in the released code (not in eq. 10), each modality's ``[û_m; î_m]`` is also
+         convolved once, with its own pruned weights ``ReLU(s^m)``;
+* 2.2.3  the representation concatenates the ID part and every modality part (eq. 10),
+         ``ŷ_ui = u*ᵀ i*`` (eq. 11);
+* 2.3    BPR (eq. 12-13; the paper's ``λ‖θ‖²`` covers every parameter, here the L2 term is on the
+         batch's ID embeddings).
 
 Edge weights are computed over the edge list (``O(|E| d)``), never as a dense matrix.
 """
@@ -64,9 +76,10 @@ class GRCNConfig(MultimodalGraphConfig):
 
 def refine_weights(affinity: torch.Tensor, weighting: str, conf_src_user: torch.Tensor | None = None,
                    conf_src_item: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Section 3.2.2: the pruned edge weights ``(ŝ_user→item, ŝ_item→user)``, each ``(E,)``, from
-    the per-modality affinities ``(E, M)``; ``confidence`` needs the message sources' ``κ`` rows
-    (``(E, M)`` each). ``ReLU`` removes every edge whose integrated affinity is negative."""
+    """Section 2.2.1 (pruning, eq. 5-7; see the module docstring for the differences): the pruned
+    edge weights ``(ŝ_user→item, ŝ_item→user)``, each ``(E,)``, from the per-modality affinities
+    ``(E, M)``; ``confidence`` needs the message sources' ``κ`` rows (``(E, M)`` each). ``ReLU``
+    removes every edge whose integrated affinity is negative."""
     if weighting == "mean":
         s = affinity.mean(1)
         return F.relu(s), F.relu(s)
@@ -144,7 +157,7 @@ class GRCN(Recommender):
         return self.id_embedding.weight[: self.n_users], self.id_embedding.weight[self.n_users:]
 
     def prototypes(self, m: str) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(û_m, î_m)`` of section 3.2.1: routed user prototypes and item contents, unit rows."""
+        """``(û_m, î_m)`` of section 2.2.1 (eq. 1-4): routed user prototypes and item contents, unit rows."""
         eu = self.edge_users
         items = F.normalize(F.leaky_relu(self.projection[m](getattr(self, f"feat_{m}"))), dim=1)
         users = F.normalize(self.preference[m], dim=1)
@@ -162,7 +175,8 @@ class GRCN(Recommender):
                               self.confidence.index_select(0, self.n_users + self.edge_items))
 
     def convolve(self, x: torch.Tensor, w_ui: torch.Tensor, w_iu: torch.Tensor) -> torch.Tensor:
-        """One step of section 3.3 on the refined graph: ``x_k ← (1/|N(k)|) Σ_j ŝ_jk x_j``."""
+        """One step of section 2.2.2 (eq. 8) on the refined graph, as a weighted mean:
+        ``x_k ← (1/|N(k)|) Σ_j ŝ_jk x_j``."""
         xu, xi = x[: self.n_users], x[self.n_users:]
         users = self.user_sum(w_iu, xi) / self.user_degree[:, None]
         items = self.item_sum(w_ui, xu) / self.item_degree[:, None]

@@ -126,13 +126,13 @@ def orthogonality_loss(specific: torch.Tensor) -> torch.Tensor:
 
 def cross_view_info_nce(view_a: torch.Tensor, view_b: torch.Tensor, anchors: torch.Tensor,
                         tau: float = 0.2) -> torch.Tensor:
-    """InfoNCE between two views of the same nodes (SGL, Wu et al. SIGIR 2021, eq. 8)::
+    """InfoNCE between two views of the same nodes (SGL, Wu et al. SIGIR 2021, eq. 10)::
 
         L_ssl = mean_{u ∈ anchors} -log  e^{s(z'_u, z''_u)/τ} / Σ_{v ∈ V} e^{s(z'_u, z''_v)/τ}
 
     with ``z'`` the rows of ``view_a``, ``z''`` the rows of ``view_b``, ``s`` the cosine similarity
-    and ``v`` every row of ``view_b`` (the positive included, as in eq. 8). Eq. 8 sums over the
-    anchors; the mean keeps the weight λ of eq. 10 on the scale of the batch-mean BPR loss.
+    and ``v`` every row of ``view_b`` (the positive included, as in eq. 10). Eq. 10 sums over the
+    anchors; the mean keeps the weight λ of eq. 11 on the scale of the batch-mean BPR loss.
     Memory is ``len(anchors) x N``.
     """
     if view_a.shape != view_b.shape:

@@ -1,18 +1,24 @@
 """MMGCN (Wei et al., ACM MM 2019): a graph convolution network per modality on the user-item graph.
 
-Section 3 of the paper, for every modality ``m`` (here: every feature matrix of the dataset):
+Section 2 of the paper (MM '19 proceedings), for every modality ``m`` (here: every feature matrix
+of the dataset):
 
-* 3.1     a modality-specific user-item graph ``G_m``: the training graph, whose item nodes carry the
-          item's features ``i_m`` (projected to width ``d``, ``i_m = W_0,m f_m + b``) and whose user
-          nodes carry a learned preference ``u_m`` in that modality;
-* 3.2     aggregation (eq. 1-2, mean aggregator)
+* 2.1     a modality-specific user-item graph ``G_m``: the training graph, whose item nodes carry the
+          item's pre-extracted features ``i_m`` and whose user nodes carry a learned preference ``u_m``
+          in that modality (here every modality's features are first projected to width ``d``,
+          ``i_m = W_0,m f_m + b``; the paper feeds them raw, the released code projects the visual
+          ones only);
+* 2.2     aggregation (eq. 1-2, mean aggregator; eq. 3 is the max aggregator, not used here)
           ``h_m = LeakyReLU( (1/|N_u|) Σ_{j ∈ N_u} W_1,m j_m )`` (and symmetrically for items);
-* 3.3     combination (eq. 3-6) with the ID embedding ``u_id`` shared by every modality:
-          ``û_m = LeakyReLU(W_2,m u_m) + u_id`` and
-          ``u_m^(l) = LeakyReLU(W_3,m (h_m ‖ û_m))`` (``combination="concat"``, the paper's default) or
-          ``LeakyReLU(W_3,m h_m + û_m)`` (``combination="element"``);
-* 3.4     after ``L`` layers ``u* = Σ_m u_m^(L)``, ``i* = Σ_m i_m^(L)`` and ``ŷ_ui = u*ᵀ i*`` (eq. 7-8);
-* 3.5     BPR with L2 on the batch's ID embeddings (eq. 9).
+* 2.3     combination (eq. 4-7) with the ID embedding ``u_id`` shared by every modality:
+          ``û_m = LeakyReLU(W_2,m u_m) + u_id`` (eq. 5) and
+          ``u_m^(l) = LeakyReLU(W_3,m (h_m ‖ û_m))`` (eq. 6, ``combination="concat"``, this module's
+          default) or ``LeakyReLU(W_3,m h_m + û_m)`` (eq. 7, ``combination="element"``; the paper's
+          Table 3 finds it the better of the two, and its Table 2 reports MMGCN with it);
+* 2.4     layer recursion (eq. 8); after ``L`` layers ``u* = Σ_m u_m^(L)``, ``i* = Σ_m i_m^(L)``
+          (eq. 9) and ``ŷ_ui = u*ᵀ i*``;
+* 2.5     BPR over the triples (eq. 10-11); the paper's ``λ‖Θ‖²`` covers every parameter, here the
+          L2 term is on the batch's ID embeddings only.
 
 Each layer has its own ``W_1, W_2, W_3``. As in the released code, each modality's layer-0 node
 representations are L2-normalised (the paper leaves their scale open).
@@ -49,7 +55,7 @@ class MultimodalGraphConfig(GraphConfig, Modalities):
 @dataclass(frozen=True)
 class MMGCNConfig(MultimodalGraphConfig):
     """MMGCN options: ``n_layers`` (L, 2 by default as in the released code) and ``combination``
-    (``concat`` = ``g_co``, ``element`` = ``g_ele`` of section 3.3)."""
+    (``concat`` = ``g_co``, eq. 6, ``element`` = ``g_ele``, eq. 7, of section 2.3)."""
 
     n_layers: int = 2
     combination: Literal["concat", "element"] = "concat"
@@ -76,7 +82,7 @@ def modality_features(module: nn.Module, inputs: ModelInputs, wanted: tuple[str,
 
 
 class MMGCNLayer(nn.Module):
-    """One aggregation + combination layer (section 3.2-3.3) of one modality."""
+    """One aggregation + combination layer (section 2.2-2.3) of one modality."""
 
     def __init__(self, dim: int, concat: bool):
         super().__init__()
@@ -89,10 +95,10 @@ class MMGCNLayer(nn.Module):
 
     def forward(self, adj: ConstantCSR, x: torch.Tensor, x_id: torch.Tensor) -> torch.Tensor:
         h = F.leaky_relu(adj @ self.w1(x))  # eq. 2: mean of W_1 j_m over the neighbours
-        x_hat = F.leaky_relu(self.w2(x)) + x_id  # û_m
+        x_hat = F.leaky_relu(self.w2(x)) + x_id  # û_m (eq. 5)
         if self.concat:
-            return F.leaky_relu(self.w3(torch.cat([h, x_hat], dim=1)))  # g_co
-        return F.leaky_relu(self.w3(h) + x_hat)  # g_ele
+            return F.leaky_relu(self.w3(torch.cat([h, x_hat], dim=1)))  # g_co (eq. 6)
+        return F.leaky_relu(self.w3(h) + x_hat)  # g_ele (eq. 7)
 
 
 class MMGCN(Recommender):
@@ -128,7 +134,7 @@ class MMGCN(Recommender):
         return self.id_embedding.weight[: self.n_users], self.id_embedding.weight[self.n_users:]
 
     def modality_representation(self, m: str) -> torch.Tensor:
-        """``[u_m^(L); i_m^(L)]`` of modality ``m`` (sections 3.1-3.3)."""
+        """``[u_m^(L); i_m^(L)]`` of modality ``m`` (sections 2.1-2.4, eq. 8)."""
         items = self.projection[m](getattr(self, f"feat_{m}"))
         x = F.normalize(torch.cat([self.preference[m], items], dim=0), dim=1)
         adj = ConstantCSR(self.adj_mean, self.adj_mean_t)
@@ -137,5 +143,5 @@ class MMGCN(Recommender):
         return x
 
     def propagate(self):
-        out = torch.stack([self.modality_representation(m) for m in self.names]).sum(0)  # u*, i*
+        out = torch.stack([self.modality_representation(m) for m in self.names]).sum(0)  # u*, i* (eq. 9)
         return out[: self.n_users], out[self.n_users:]

@@ -18,8 +18,9 @@ vectors, each modality is L2-normalised first (``feature_fusion="concat"``,
 audio ones, and raw, the image part swamped the ID factors (seed 0: test Recall@20 0.0207 raw,
 below MF). ``feature_fusion`` takes the other early-fusion rules too. Trained with BPR
 (section 3.2; :func:`~latticerec.models.losses.bpr_loss`), the L2 term of the batch rows of
-``[γ_u; θ_u]`` and ``[γ_i; β_i]`` (``reg``, the paper's ``λ_Θ``) and, per batch, the paper's
-separate regulariser of the shared content parameters, ``λ_E (‖E‖² + ‖β'‖²)`` (``content_reg``).
+``[γ_u; θ_u]`` and ``[γ_i; β_i]`` (``reg``, the paper's ``λ_Θ``) and, per batch, a separate
+regulariser of the shared content parameters, ``λ_E (‖E‖² + ‖β'‖²)`` (``content_reg``; the paper's
+update rules give ``E`` its own ``λ_E`` and ``β'`` a ``λ_β``, here one weight covers both).
 ``λ_E`` matters on TikTok: without it the content part fits the training pairs faster than the ID
 factors and generalises worse (seed 0, validation Recall@20 after 16 epochs: 0.020 with
 ``λ_E = 0``, 0.036 with 1e-3, 0.045 with 1e-1, the default; MF 0.033).
