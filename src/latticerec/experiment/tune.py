@@ -66,6 +66,7 @@ def fail_dead_trials(storage, study) -> int:
     import optuna
 
     n = 0
+    study_id = storage.get_study_id_from_name(study.study_name)
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         pid, _, host = str(t.user_attrs.get("owner", "")).partition(" ")
         if host != socket.gethostname() or not pid.isdigit():
@@ -77,7 +78,8 @@ def fail_dead_trials(storage, study) -> int:
             pass
         except PermissionError:
             continue
-        storage.set_trial_state_values(t._trial_id, state=optuna.trial.TrialState.FAIL)
+        trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)  # public API
+        storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
         n += 1
     return n
 
