@@ -3,13 +3,16 @@ test_model_contract.py): known values on toy inputs and each model's defining me
 
 import math
 
+import numpy as np
 import pytest
+import scipy.sparse as sp
 import torch
 import torch.nn.functional as F
 
 from latticerec.config import make_config
+from latticerec.graphs.sparse import to_torch_csr
 from latticerec.models.bm3 import BM3, BM3Config
-from latticerec.models.grcn import GRCN, GRCNConfig, refine_weights
+from latticerec.models.grcn import GRCN, EdgeGraph, GRCNConfig, fuse_scores, modality_scores
 from latticerec.models.losses import bootstrap_cosine_loss, cross_view_info_nce
 from latticerec.models.mmgcn import MMGCN, MMGCNConfig, mean_adjacency
 from latticerec.models.sgl import SGL, SGLConfig
@@ -71,6 +74,8 @@ def test_bootstrap_cosine_loss_value_and_stop_gradient():
     (MMGCNConfig, {"modalities": "image,image"}, "twice"),
     (GRCNConfig, {"modality_weighting": "vote"}, "modality_weighting"),
     (GRCNConfig, {"routing_iters": "-1"}, "routing_iters"),
+    (GRCNConfig, {"pruning": "gentle"}, "pruning"),
+    (GRCNConfig, {"edge_score": "dot"}, "edge_score"),
     (BM3Config, {"dropout": "1.0"}, "dropout"),
     (BM3Config, {"reg": "-1"}, "reg"),
     (BM3Config, {"ssl_weight": "1"}, "ssl_weight"),  # an SGL option: unknown to BM3
@@ -176,48 +181,212 @@ def test_mmgcn_element_combination_builds_and_learns(blocks):
 
 # -- GRCN ---------------------------------------------------------------------------------------
 
-
-def test_grcn_pruning_drops_an_edge_whose_affinity_is_negative():
-    affinity = torch.tensor([[0.5, 0.2], [-0.4, -0.1], [-0.3, 0.6]])  # 3 edges, 2 modalities
-    w_ui, w_iu = refine_weights(affinity, "mean")
-    assert torch.allclose(w_ui, torch.tensor([0.35, 0.0, 0.15])) and torch.equal(w_ui, w_iu)
-    w_ui, _ = refine_weights(affinity, "max")
-    assert torch.allclose(w_ui, torch.tensor([0.5, 0.0, 0.6]))  # edge 1 is negative everywhere
-    conf = torch.tensor([[1.0, 1.0], [1.0, 1.0], [-1.0, 0.0]])
-    w_ui, w_iu = refine_weights(affinity, "confidence", conf, torch.ones(3, 2))
-    assert torch.allclose(w_ui, torch.tensor([0.5, 0.0, 0.3]))
-    assert torch.allclose(w_iu, torch.tensor([0.5, 0.0, 0.6]))
+OLD_GRCN = {"edge_score": "cosine", "confidence_of": "sender", "pruning": "hard", "aggregation": "mean",
+            "content_parts": "convolved"}  # this module's behaviour before it followed the paper
 
 
-def test_grcn_refined_graph_carries_no_message_over_a_pruned_edge(blocks):
-    inputs = _inputs(blocks)
+def _tiny_graph():
+    """2 users, 3 items; edges in R's CSR order: (0, 0), (0, 1), (1, 1), (1, 2)."""
+    r = sp.csr_matrix((np.ones(4, dtype=np.float32), ([0, 0, 1, 1], [0, 1, 1, 2])), shape=(2, 3))
+    return EdgeGraph(to_torch_csr(r))
+
+
+def _grcn(blocks, **options):
     torch.manual_seed(0)
-    model = GRCN.from_inputs(make_config(GRCNConfig, {"embed_dim": 4, "content_dim": 4, "n_layers": 1,
-                                                      "modality_weighting": "mean"}), inputs)
+    values = {"embed_dim": "6", "content_dim": "4", **options}
+    model = GRCN.from_inputs(make_config(GRCNConfig, values), _inputs(blocks))
+    if hasattr(model, "confidence"):  # ρ of both signs and order one: soft and hard pruning differ
+        with torch.no_grad():
+            model.confidence.normal_()
+    return model
+
+
+def _grcn_by_loops(model, train):
+    """GRCN's representations written node by node from the paper's equations (1-10) and the
+    module's options, with Python loops over neighbour lists: an implementation independent of the
+    vectorised one (which uses sampled products, CSR sums and segment softmaxes)."""
+    n_users, n_items = model.n_users, model.n_items
+    coo = train.tocoo()
+    n_u = {u: [] for u in range(n_users)}
+    n_i = {i: [] for i in range(n_items)}
+    for u, i in zip(coo.row.tolist(), coo.col.tolist(), strict=True):
+        n_u[u].append(i)
+        n_i[i].append(u)
+    with torch.no_grad():
+        protos = []
+        for m in model.names:
+            lin = model.projection[m]
+            feats = getattr(model, f"feat_{m}")
+            items = [F.normalize(F.leaky_relu(lin.weight @ f + lin.bias), dim=0) for f in feats]  # eq. 1
+            users = [F.normalize(p, dim=0) for p in model.preference[m]]
+            for _ in range(model.routing_iters):  # eq. 2-4
+                routed = []
+                for u in range(n_users):
+                    e = [math.exp(float(items[i] @ users[u])) for i in n_u[u]]
+                    acc = users[u] + sum((w / sum(e) * items[i] for w, i in zip(e, n_u[u], strict=True)),
+                                         torch.zeros_like(users[u]))
+                    routed.append(acc / acc.norm())
+                users = routed
+            protos.append((users, items))
+        n_mod = len(protos)
+
+        def aff(u, i, k):
+            return float(protos[k][0][u] @ protos[k][1][i])
+
+        def score(receiver_is_user, u, i, k):  # eq. 5 (or the raw cosine)
+            if model.edge_score == "cosine":
+                return aff(u, i, k)
+            if receiver_is_user:
+                return math.exp(aff(u, i, k)) / sum(math.exp(aff(u, j, k)) for j in n_u[u])
+            return math.exp(aff(u, i, k)) / sum(math.exp(aff(v, i, k)) for v in n_i[i])
+
+        def fused(receiver_is_user, u, i):  # eq. 6-7 and the pruning
+            s = [score(receiver_is_user, u, i, k) for k in range(n_mod)]
+            if model.weighting == "mean":
+                w = sum(s) / n_mod
+            elif model.weighting == "max":
+                w = max(s)
+            else:
+                receiver = u if receiver_is_user else n_users + i
+                sender = n_users + i if receiver_is_user else u
+                rho = model.confidence[receiver if model.confidence_of == "receiver" else sender]
+                w = max(float(rho[k]) * s[k] for k in range(n_mod))
+            return max(w, 0.0) if model.pruning == "hard" else w
+
+        def convolve(x, w_user, w_item):  # eq. 8
+            out = torch.zeros_like(x)
+            for u in range(n_users):
+                for i in n_u[u]:
+                    out[u] += w_user(u, i) * x[n_users + i]
+                    out[n_users + i] += w_item(u, i) * x[u]
+            if model.aggregation == "mean":
+                deg = [len(n_u[u]) for u in range(n_users)] + [len(n_i[i]) for i in range(n_items)]
+                out /= torch.tensor(deg, dtype=x.dtype).clamp_min(1)[:, None]
+            return out
+
+        x = F.normalize(model.id_embedding.weight, dim=1)
+        total = x.clone()
+        for _ in range(model.n_layers):  # eq. 9
+            x = convolve(x, lambda u, i: fused(True, u, i), lambda u, i: fused(False, u, i))
+            total += x
+        parts = [total]
+        for k, (users, items) in enumerate(protos):  # eq. 10
+            c = torch.cat([torch.stack(users), torch.stack(items)])
+            if model.content_parts == "convolved":
+                def prune(s):
+                    return max(s, 0.0) if model.pruning == "hard" else s
+                c = c + convolve(c, lambda u, i, k=k: prune(score(True, u, i, k)),
+                                 lambda u, i, k=k: prune(score(False, u, i, k)))
+            parts.append(c)
+        out = torch.cat(parts, dim=1)
+    return out[:n_users], out[n_users:]
+
+
+@pytest.mark.parametrize("options", [
+    {},  # the paper's GRCN: eq. 5 softmax scores, receiver's ρ, soft pruning, sums, raw modality parts
+    {"pruning": "hard"},  # GRCN_hard
+    {"modality_weighting": "max", "aggregation": "mean"},
+    {"modality_weighting": "mean", "content_parts": "convolved"},
+    {"confidence_of": "sender", "content_parts": "convolved"},  # as the released code (but soft)
+    OLD_GRCN,
+    {**OLD_GRCN, "modality_weighting": "mean"},
+], ids=["paper", "hard", "max-mean", "mean-convolved", "sender", "old", "old-mean"])
+def test_grcn_representations_equal_a_loop_implementation_of_the_equations(blocks, options):
+    model = _grcn(blocks, **options)
+    users, items = model.propagate()
+    ref_users, ref_items = _grcn_by_loops(model, blocks.train)
+    assert torch.allclose(users, ref_users, atol=1e-5) and torch.allclose(items, ref_items, atol=1e-5)
+
+
+def test_grcn_eq5_scores_are_softmaxes_over_the_receiving_nodes_neighbours():
+    graph = _tiny_graph()
+    ln2, ln3 = math.log(2.0), math.log(3.0)
+    affinity = torch.tensor([[0.0, ln2], [ln3, 0.0], [0.0, ln2], [0.0, 0.0]])  # 4 edges, 2 modalities
+    to_user, to_item = modality_scores(affinity, graph.users, graph.items, 2, 3, "softmax")
+    # user 0 receives from items 0, 1; user 1 from items 1, 2
+    expected = torch.tensor([[1 / 4, 2 / 3], [3 / 4, 1 / 3], [1 / 2, 2 / 3], [1 / 2, 1 / 3]])
+    assert torch.allclose(to_user, expected)
+    # item 0 receives from user 0 only, item 1 from users 0, 1, item 2 from user 1 only
+    assert torch.allclose(to_item, torch.tensor([[1.0, 1.0], [3 / 4, 1 / 3], [1 / 4, 2 / 3], [1.0, 1.0]]))
+    same = modality_scores(affinity, graph.users, graph.items, 2, 3, "cosine")
+    assert all(torch.equal(s, affinity) for s in same)
+    # the softmax is shift-invariant per receiving node and stable for large affinities
+    big = modality_scores(affinity + 500.0, graph.users, graph.items, 2, 3, "softmax")
+    assert torch.allclose(big[0], to_user) and torch.allclose(big[1], to_item)
+
+
+def test_grcn_eq7_fuses_with_the_base_vector_and_prunes_softly_or_hard():
+    to_user = torch.tensor([[0.25, 0.75], [0.5, 0.5]])  # 2 edges, 2 modalities
+    to_item = torch.tensor([[1.0, 0.5], [0.2, 0.4]])
+    rho_user = torch.tensor([[2.0, -1.0], [-1.0, -1.0]])
+    rho_item = torch.tensor([[1.0, 1.0], [0.5, 3.0]])
+    w_u, w_i = fuse_scores(to_user, to_item, "confidence", "soft", rho_user, rho_item)
+    assert torch.allclose(w_u, torch.tensor([0.5, -0.5])) and torch.allclose(w_i, torch.tensor([1.0, 1.2]))
+    w_u, w_i = fuse_scores(to_user, to_item, "confidence", "hard", rho_user, rho_item)
+    assert torch.allclose(w_u, torch.tensor([0.5, 0.0])) and torch.allclose(w_i, torch.tensor([1.0, 1.2]))
+    w_u, w_i = fuse_scores(to_user, to_item, "mean")
+    assert torch.allclose(w_u, torch.tensor([0.5, 0.5])) and torch.allclose(w_i, torch.tensor([0.75, 0.3]))
+    w_u, _ = fuse_scores(to_user - 0.6, to_item, "max", "hard")
+    assert torch.allclose(w_u, torch.tensor([0.15, 0.0]))
+    with pytest.raises(ValueError, match="base vectors"):
+        fuse_scores(to_user, to_item, "confidence")
+
+
+def test_grcn_confidence_of_picks_the_receiving_or_the_sending_node(blocks):
+    receiver, sender = _grcn(blocks), _grcn(blocks, confidence_of="sender")
+    affinity = torch.rand(receiver.edge_users.numel(), 2)
+    rho = receiver.confidence.detach()
+    w_u, w_i = receiver.edge_weights(affinity)
+    s_u, s_i = modality_scores(affinity, receiver.edge_users, receiver.edge_items, receiver.n_users,
+                               receiver.n_items)
+    assert torch.allclose(w_u, (rho[receiver.edge_users] * s_u).amax(1))
+    assert torch.allclose(w_i, (rho[receiver.n_users + receiver.edge_items] * s_i).amax(1))
+    w_u, w_i = sender.edge_weights(affinity)
+    assert torch.allclose(w_u, (rho[receiver.n_users + receiver.edge_items] * s_u).amax(1))
+    assert torch.allclose(w_i, (rho[receiver.edge_users] * s_i).amax(1))
+
+
+def test_grcn_edge_operations_have_exact_values_and_gradients():
+    graph = _tiny_graph()
+    torch.manual_seed(0)
+    users = torch.randn(2, 3, dtype=torch.float64, requires_grad=True)
+    items = torch.randn(3, 3, dtype=torch.float64, requires_grad=True)
+    w = torch.randn(4, dtype=torch.float64, requires_grad=True)
+    edges = [(0, 0), (0, 1), (1, 1), (1, 2)]
+    assert torch.allclose(graph.dot(users, items), torch.stack([users[u] @ items[i] for u, i in edges]))
+    r_w = torch.zeros(2, 3, dtype=torch.float64)
+    for e, (u, i) in enumerate(edges):
+        r_w[u, i] = w[e]
+    assert torch.allclose(graph.to_users(w, items), r_w @ items)
+    assert torch.allclose(graph.to_items(w, users), r_w.T @ users)
+    assert torch.autograd.gradcheck(graph.dot, (users, items))
+    assert torch.autograd.gradcheck(graph.to_users, (w, items))
+    assert torch.autograd.gradcheck(graph.to_items, (w, users))
+
+
+def test_grcn_hard_pruning_carries_no_message_over_a_pruned_edge(blocks):
+    model = _grcn(blocks, modality_weighting="mean", edge_score="cosine", pruning="hard", n_layers="1")
     n_edges = model.edge_users.numel()
     affinity = torch.ones(n_edges, 1)
     affinity[0] = -0.5  # the first training edge (user 0, its first item) is a false positive
-    w_ui, w_iu = model.refined_weights(affinity)
-    assert w_ui[0] == 0 and w_iu[0] == 0 and (w_ui[1:] > 0).all()
+    w_u, w_i = model.edge_weights(affinity)
+    assert w_u[0] == 0 and w_i[0] == 0 and (w_u[1:] > 0).all()
     u0, i0 = int(model.edge_users[0]), int(model.edge_items[0])
     x = torch.zeros(model.n_users + model.n_items, 3)
     x[model.n_users + i0] = 1.0  # only the pruned edge's item carries a signal
-    out = model.convolve(x, w_ui, w_iu)
-    assert out[u0].abs().sum() == 0  # ... and it does not reach the user
-    kept = model.convolve(x, torch.ones(n_edges), torch.ones(n_edges))
-    assert kept[u0].abs().sum() > 0
+    assert model.convolve(x, w_u, w_i)[u0].abs().sum() == 0  # ... and it does not reach the user
+    soft = _grcn(blocks, modality_weighting="mean", edge_score="cosine", n_layers="1")
+    w_u, w_i = soft.edge_weights(affinity)
+    assert w_u[0] == -0.5  # soft pruning keeps the (negative) weight
+    assert torch.allclose(soft.convolve(x, w_u, w_i)[u0], torch.full((3,), -0.5))
 
 
 def test_grcn_routing_moves_prototypes_toward_the_users_items(blocks):
-    inputs = _inputs(blocks)
-    cfg = {"embed_dim": 4, "content_dim": 4, "modalities": "image"}
-    torch.manual_seed(0)
-    none = GRCN.from_inputs(make_config(GRCNConfig, {**cfg, "routing_iters": "0"}), inputs)
-    torch.manual_seed(0)
-    routed = GRCN.from_inputs(make_config(GRCNConfig, {**cfg, "routing_iters": "3"}), inputs)
+    none = _grcn(blocks, modalities="image", routing_iters="0")
+    routed = _grcn(blocks, modalities="image", routing_iters="3")
     with torch.no_grad():
-        s0 = none.edge_scores(*none.prototypes("image")).mean()
-        s3 = routed.edge_scores(*routed.prototypes("image")).mean()
+        s0 = none.graph.dot(*none.prototypes("image")).mean()
+        s3 = routed.graph.dot(*routed.prototypes("image")).mean()
     assert s3 > s0 + 0.1  # routed prototypes agree with the items the users interacted with
 
 
@@ -225,6 +394,34 @@ def test_grcn_representation_concatenates_id_and_every_modality(blocks):
     model = GRCN.from_inputs(make_config(GRCNConfig, {"embed_dim": 8, "content_dim": 4}), _inputs(blocks))
     users, items = model.propagate()
     assert users.shape[1] == items.shape[1] == 8 + 2 * 4
+    # eq. 10: the modality parts are the prototypes and contents themselves
+    u_img, i_img = model.prototypes("image")
+    assert torch.allclose(users[:, 8:12], u_img) and torch.allclose(items[:, 8:12], i_img)
+
+
+def test_grcn_confidence_init_ones_starts_at_the_plain_softmax_weights(blocks):
+    xavier = _grcn(blocks)  # the helper redraws ρ; the constructor's own draw is checked here
+    torch.manual_seed(0)
+    released = GRCN.from_inputs(make_config(GRCNConfig, {"embed_dim": "6", "confidence_init": "xavier"}),
+                                _inputs(blocks))
+    assert released.confidence.abs().max() < 1.0 and released.confidence.std() > 0  # Xavier-normal
+    ones = GRCN.from_inputs(make_config(GRCNConfig, {"embed_dim": "6"}), _inputs(blocks))  # default
+    assert torch.equal(ones.confidence.detach(), torch.ones(ones.n_users + ones.n_items, 2))
+    affinity = torch.rand(xavier.edge_users.numel(), 2)
+    s_u, s_i = modality_scores(affinity, ones.edge_users, ones.edge_items, ones.n_users, ones.n_items)
+    w_u, w_i = ones.edge_weights(affinity)
+    assert torch.allclose(w_u, s_u.amax(1)) and torch.allclose(w_i, s_i.amax(1))
+
+
+@pytest.mark.parametrize("option", ["modality_weighting", "edge_score", "confidence_of", "pruning",
+                                    "aggregation", "content_parts", "confidence_init"])
+def test_grcn_rejects_an_unknown_value_of_every_option(blocks, option):
+    with pytest.raises(ValueError, match=f"{option} must be one of .*'bogus'"):
+        GRCNConfig(**{option: "bogus"})
+    with pytest.raises(Exception, match=option):
+        make_config(GRCNConfig, {option: "bogus"})
+    with pytest.raises(ValueError, match=f"{option} must be one of"):
+        GRCN(_inputs(blocks), **{option: "bogus"})
 
 
 # -- BM3 ----------------------------------------------------------------------------------------
@@ -283,3 +480,14 @@ def test_bm3_scores_are_the_predictor_views(blocks):
     h_u, h_i = model.encoder.propagate()
     assert torch.allclose(users, model.predictor(h_u).detach())
     assert torch.allclose(items, model.predictor(h_i).detach())
+
+
+def test_a_grcn_run_saved_before_the_paper_formulas_loads_with_the_formulas_it_was_trained_with():
+    from latticerec.train.build import LEGACY, config_from_dict, resolve_config
+
+    saved = resolve_config("grcn", {}).to_dict()
+    for key in LEGACY["grcn"]:
+        del saved["model_config"][key]  # as written by the code before these options existed
+    old = config_from_dict(saved).model_config
+    assert {k: getattr(old, k) for k in LEGACY["grcn"]} == LEGACY["grcn"]
+    assert config_from_dict(resolve_config("grcn", {}).to_dict()).model_config.pruning == "soft"

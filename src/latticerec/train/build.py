@@ -95,13 +95,21 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
 
 # options renamed since runs were first saved: (model, old key) -> new key
 RENAMED = {("mmgef", "fusion"): "feature_fusion", ("cb", "fusion"): "feature_fusion"}
+# options added with a default that changed the model: a saved run without the option was trained
+# with this value (GRCN followed its paper from session 9 on; runs saved before keep their formulas)
+LEGACY = {"grcn": {"edge_score": "cosine", "confidence_of": "sender", "pruning": "hard",
+                   "aggregation": "mean", "content_parts": "convolved", "confidence_init": "xavier"}}
 
 
 def config_from_dict(saved: dict) -> RunConfig:
     """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (a saved run); options
-    saved under an old name (:data:`RENAMED`) are read under the new one."""
+    saved under an old name (:data:`RENAMED`) are read under the new one, options it lacks whose
+    default has since changed the model take the value it was trained with (:data:`LEGACY`)."""
     cls = get_model_class(saved["model"])
     values = {RENAMED.get((saved["model"], k), k): v for k, v in saved["model_config"].items()}
+    legacy = LEGACY.get(saved["model"], {})
+    if legacy and not legacy.keys() & values.keys():
+        values.update(legacy)
     model_cfg = make_config(cls.Config, values)
     backbone_cfg = None
     if saved.get("backbone_config") is not None:
