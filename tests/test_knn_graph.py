@@ -162,3 +162,23 @@ def test_graph_cache_reuses_and_repairs_entries(tmp_path):
     repaired = cache(x, 5)
     assert cache.misses == 2 and torch.equal(repaired.to_dense(), first.to_dense())
     assert not [p for p in (tmp_path / "graphs").iterdir() if p.name.endswith(".tmp")]
+
+
+def test_knn_values_gradient_recomputes_the_gathered_rows_and_equals_autograd_through_them():
+    import torch.nn.functional as F
+
+    from latticerec.graphs.knn import _PairDots
+
+    torch.manual_seed(0)
+    f = torch.randn(120, 6, dtype=torch.float64, requires_grad=True)
+    nb = knn_indices(f.detach().float(), 5)
+    x = F.normalize(f, dim=1)
+    direct = (x.unsqueeze(1) * x[nb]).sum(-1)  # autograd keeps x[nb]: N x k x d
+    chunked = _PairDots.apply(x, nb, 13)  # keeps x only, 13 rows at a time
+    assert torch.equal(direct, chunked)
+    w = torch.randn(120, 5, dtype=torch.float64)
+    g_direct, = torch.autograd.grad((direct * w).sum(), f, retain_graph=True)
+    g_chunked, = torch.autograd.grad((chunked * w).sum(), f)
+    assert torch.allclose(g_direct, g_chunked, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda z: _PairDots.apply(z, nb, 13),
+                                    (torch.randn(120, 6, dtype=torch.float64, requires_grad=True),))
