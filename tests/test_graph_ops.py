@@ -127,3 +127,25 @@ def test_lightgcn_horner_equals_the_mean_of_the_layers(layers):
         total = total + x
     users, items = model.propagate()
     assert torch.allclose(torch.cat([users, items]), total / (layers + 1), atol=1e-5)
+
+
+def test_values_spmm_backward_in_entry_chunks_equals_one_chunk_and_the_numerical_gradient(monkeypatch):
+    from latticerec.graphs import sparse
+    from latticerec.graphs.sparse import GradCSR, csr_from_parts, spmm
+
+    torch.manual_seed(0)
+    n, k, d = 40, 3, 4
+    crow = torch.arange(0, n * k + 1, k)
+    col = torch.randint(0, n, (n, k)).sort(1).values.reshape(-1)
+    vals = torch.rand(n * k, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+
+    def product(v, xx):
+        return spmm(GradCSR(csr_from_parts(crow, col, v.detach(), (n, n)), v), xx)
+
+    w = torch.randn(n, d, dtype=torch.float64)
+    whole = torch.autograd.grad((product(vals, x) * w).sum(), (vals, x))
+    monkeypatch.setattr(sparse, "VALUES_GRAD_BUDGET", 2 * d)  # two entries per chunk
+    chunked = torch.autograd.grad((product(vals, x) * w).sum(), (vals, x))
+    assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
+    assert torch.autograd.gradcheck(product, (vals, x))
