@@ -84,9 +84,20 @@ CONTENT_PARTS = ("raw", "convolved")
 CONFIDENCE_INITS = ("xavier", "ones")
 
 
+# every string option of GRCN and its allowed values (checked by the config and the constructor)
+CHOICES = {"modality_weighting": WEIGHTINGS, "edge_score": EDGE_SCORES, "confidence_of": CONFIDENCE_OF,
+           "pruning": PRUNINGS, "aggregation": AGGREGATIONS, "content_parts": CONTENT_PARTS,
+           "confidence_init": CONFIDENCE_INITS}
+
+
 def _check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
     if value not in allowed:
         raise ValueError(f"{name} must be one of {', '.join(allowed)} (got {value!r})")
+
+
+def _check_choices(**values: str) -> None:
+    for name, value in values.items():
+        _check_choice(name, value, CHOICES[name])
 
 
 @dataclass(frozen=True)
@@ -118,13 +129,7 @@ class GRCNConfig(MultimodalGraphConfig):
             raise ValueError("routing_iters must be >= 0")
         if self.content_dim < 1:
             raise ValueError("content_dim must be >= 1")
-        _check_choice("modality_weighting", self.modality_weighting, WEIGHTINGS)
-        _check_choice("edge_score", self.edge_score, EDGE_SCORES)
-        _check_choice("confidence_of", self.confidence_of, CONFIDENCE_OF)
-        _check_choice("pruning", self.pruning, PRUNINGS)
-        _check_choice("aggregation", self.aggregation, AGGREGATIONS)
-        _check_choice("content_parts", self.content_parts, CONTENT_PARTS)
-        _check_choice("confidence_init", self.confidence_init, CONFIDENCE_INITS)
+        _check_choices(**{name: getattr(self, name) for name in CHOICES})
 
 
 # -- edge-list operations -------------------------------------------------------------------------
@@ -290,14 +295,9 @@ class GRCN(Recommender):
                  confidence_of: str = "receiver", pruning: str = "soft", aggregation: str = "sum",
                  content_parts: str = "raw", confidence_init: str = "ones"):
         super().__init__()
-        for name, value, allowed in (("modality_weighting", modality_weighting, WEIGHTINGS),
-                                     ("edge_score", edge_score, EDGE_SCORES),
-                                     ("confidence_of", confidence_of, CONFIDENCE_OF),
-                                     ("pruning", pruning, PRUNINGS),
-                                     ("aggregation", aggregation, AGGREGATIONS),
-                                     ("content_parts", content_parts, CONTENT_PARTS),
-                                     ("confidence_init", confidence_init, CONFIDENCE_INITS)):
-            _check_choice(name, value, allowed)
+        _check_choices(modality_weighting=modality_weighting, edge_score=edge_score,
+                       confidence_of=confidence_of, pruning=pruning, aggregation=aggregation,
+                       content_parts=content_parts, confidence_init=confidence_init)
         self.n_users, self.n_items, self.reg_weight = inputs.n_users, inputs.n_items, reg
         self.n_layers, self.routing_iters, self.weighting = n_layers, routing_iters, modality_weighting
         self.edge_score, self.confidence_of, self.pruning = edge_score, confidence_of, pruning
@@ -345,11 +345,17 @@ class GRCN(Recommender):
             users = F.normalize(users + graph.to_users(p, items), dim=1)  # eq. 3 / 4
         return users, items
 
-    def edge_weights(self, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The refined graph's weights ``(s_{u←i}, s_{i←u})`` (eq. 5-7) for the affinities ``(E, M)``."""
+    def modality_scores(self, affinity: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Eq. 5 on this model's graph: ``(s^m_{u←i}, s^m_{i←u})``, each ``(E, M)``."""
+        return modality_scores(affinity, self.graph.users, self.graph.items, self.n_users, self.n_items,
+                               self.edge_score)
+
+    def edge_weights(self, affinity: torch.Tensor, scores: tuple[torch.Tensor, torch.Tensor] | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The refined graph's weights ``(s_{u←i}, s_{i←u})`` (eq. 5-7) for the affinities ``(E, M)``;
+        ``scores``: their eq. 5 scores when already computed (:meth:`modality_scores`)."""
         graph = self.graph
-        to_user, to_item = modality_scores(affinity, graph.users, graph.items, self.n_users,
-                                           self.n_items, self.edge_score)
+        to_user, to_item = scores if scores is not None else self.modality_scores(affinity)
         if self.weighting != "confidence":
             return fuse_scores(to_user, to_item, self.weighting, self.pruning)
         rho_users = self.confidence.index_select(0, graph.users)
@@ -372,7 +378,8 @@ class GRCN(Recommender):
     def propagate(self):
         protos = [self.prototypes(m) for m in self.names]
         affinity = torch.stack([self.graph.dot(u, i) for u, i in protos], dim=1)  # û_mᵀ î_m: (E, M)
-        to_user, to_item = self.edge_weights(affinity)
+        scores = self.modality_scores(affinity)
+        to_user, to_item = self.edge_weights(affinity, scores)
         x = F.normalize(self.id_embedding.weight, dim=1)
         total = x
         for _ in range(self.n_layers):  # eq. 8-9
@@ -380,8 +387,7 @@ class GRCN(Recommender):
             total = total + x
         parts = [total]
         if self.content_parts == "convolved":
-            s_user, s_item = modality_scores(affinity, self.graph.users, self.graph.items,
-                                             self.n_users, self.n_items, self.edge_score)
+            s_user, s_item = scores
             if self.pruning == "hard":
                 s_user, s_item = F.relu(s_user), F.relu(s_item)
         for k, (u, i) in enumerate(protos):  # eq. 10
