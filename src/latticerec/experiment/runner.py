@@ -154,15 +154,14 @@ def train_into(model_name: str, data: str, overrides: dict, out, *, device: str 
         if state == "finished":
             return state, None
         dataset = load_data(spec)
+        data_hash = dataset.content_hash()  # hashes every array of the data: once per run
         if state == "empty" and reuse_from:
             source = RunDir(reuse_from)
-            if source.read_config().get("dataset_hash") == dataset.content_hash():
-                meta = {"model": model_name, "data": spec, "config": run.to_dict(),
-                        "dataset_hash": dataset.content_hash()}
+            if source.read_config().get("dataset_hash") == data_hash:
+                meta = {"model": model_name, "data": spec, "config": run.to_dict(), "dataset_hash": data_hash}
                 run_dir.copy_finished_from(source, meta)
                 return "reused", run_dir.read_metrics()
         model = build_model(run, dataset, resolve_device(device), KnnGraphCache(cache_dir))
-        data_hash = dataset.content_hash()
         run_dir.write_config({"model": model_name, "data": spec, "config": run.to_dict(),
                               "dataset_hash": data_hash})
         resume = state == "cut" and run_dir.has_checkpoint()
