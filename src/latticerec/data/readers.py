@@ -69,6 +69,14 @@ def _find_column(header: list[str], names: tuple[str, ...], path: Path, what: st
     )
 
 
+def _too_large(path: Path, lineno, column: str, value) -> DataError:
+    return DataError(f"{path}, line {lineno}: {column} {value} is too large (ids must be < 2**31)")
+
+
+def _bad_label(path: Path, lineno, label) -> DataError:
+    return DataError(f"{path}, line {lineno}: x_label {label} must be 0 (train), 1 (valid) or 2 (test)")
+
+
 def _parse_int(token: str, path: Path, lineno: int, column: str) -> int:
     """A plain decimal id: digits only (``1e1``, ``1_9``, ``2.0`` and ``+3`` are refused)."""
     body = token[1:] if token.startswith("-") else token
@@ -79,7 +87,7 @@ def _parse_int(token: str, path: Path, lineno: int, column: str) -> int:
     if value < 0:
         raise DataError(f"{path}, line {lineno}: {column} {value} is negative")
     if value >= MAX_ID:
-        raise DataError(f"{path}, line {lineno}: {column} {value} is too large (ids must be < 2**31)")
+        raise _too_large(path, lineno, column, value)
     return value
 
 
@@ -185,12 +193,10 @@ def _check_inter_values(path: Path, users, items, labels, linenos) -> None:
     for values, column in ((users, "user id"), (items, "item id")):
         big = np.flatnonzero(values >= MAX_ID)
         if big.size:
-            raise DataError(f"{path}, line {linenos[big[0]]}: {column} {values[big[0]]} is too large "
-                            "(ids must be < 2**31)")
+            raise _too_large(path, linenos[big[0]], column, values[big[0]])
     bad = np.flatnonzero(labels > 2)
     if bad.size:
-        raise DataError(f"{path}, line {linenos[bad[0]]}: x_label {labels[bad[0]]} must be 0 (train), "
-                        "1 (valid) or 2 (test)")
+        raise _bad_label(path, linenos[bad[0]], labels[bad[0]])
 
 
 def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -234,7 +240,7 @@ def read_inter_file(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.
         i = _parse_int(parts[ci].strip(), path, lineno, "item id")
         lab = _parse_int(parts[cl].strip(), path, lineno, "x_label")
         if lab > 2:
-            raise DataError(f"{path}, line {lineno}: x_label {lab} must be 0 (train), 1 (valid) or 2 (test)")
+            raise _bad_label(path, lineno, lab)
         users.append(u)
         items.append(i)
         labels.append(lab)
