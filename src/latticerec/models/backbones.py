@@ -150,7 +150,7 @@ class LightGCN(Backbone):
         for _ in range(self.n_layers):
             total = constant_spmm(self.adj, total, self.adj_t, add=x)
         out = total / (self.n_layers + 1)
-        return out[: self.n_users], out[self.n_users:]
+        return out.split([self.n_users, self.n_items])
 
 
 class NGCF(Backbone):

@@ -43,6 +43,12 @@ class ModelInputs:
     knn_graph: Callable[..., torch.Tensor] = knn_graph
 
 
+def pair_rows(table: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(table[pos], table[neg])`` by one gather, so that the backward pass scatters into one
+    ``table``-sized gradient instead of two that are then summed."""
+    return table[torch.cat([pos, neg])].split([pos.numel(), neg.numel()])
+
+
 class Recommender(nn.Module):
     """Base class: BPR training over ``propagate()`` with L2 on the batch's ego embeddings."""
 
@@ -74,13 +80,13 @@ class Recommender(nn.Module):
         ``reg = reg_weight · ½(‖u‖² + ‖p‖² + ‖n‖²) / B`` over the batch rows of the layer-0 ID
         embeddings (``reg_on == "ego"``) or of the final representations ``user_all``/``item_all``
         that enter the BPR scores (``reg_on == "final"``, the released LATTICE/MICRO code)."""
-        u, p, n = user_all[users], item_all[pos], item_all[neg]
+        u, (p, n) = user_all[users], pair_rows(item_all, pos, neg)
         terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
         if self.reg_on == "final":
             terms["reg"] = self.reg_weight * l2_regularizer(u, p, n)
         else:
             ego_u, ego_i = self.ego_embeddings()
-            terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], ego_i[pos], ego_i[neg])
+            terms["reg"] = self.reg_weight * l2_regularizer(ego_u[users], *pair_rows(ego_i, pos, neg))
         return terms
 
     @torch.no_grad()
