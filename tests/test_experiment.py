@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -261,3 +266,38 @@ def test_the_shipped_specs_are_valid(path, tmp_path):
 
 def test_the_runner_caches_one_dataset_per_process():
     assert runner.load_data("synthetic") is runner.load_data("synthetic")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's prctl")
+def test_workers_end_when_the_runner_is_killed(tmp_path):
+    """SIGKILL to the runner: its pool workers must not go on training (and holding their locks)."""
+    spec = write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 100000\npatience = 100000").replace(
+        "seeds = [0, 1]", "seeds = [0]").replace('grid = { n_layers = [1, 2] }', ""))
+    out = str(tmp_path / "out")
+    code = ("from latticerec.experiment.runner import run_tasks; "
+            "from latticerec.experiment.spec import load_spec, plan; "
+            f"run_tasks(plan(load_spec({str(spec)!r}), {out!r}), jobs=2, log=lambda m: None)")
+    runner_proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    group = runner_proc.pid
+    try:
+        deadline = time.monotonic() + 120
+        while len(list((tmp_path / "out").rglob("config.json"))) < 2:  # both workers are training
+            assert runner_proc.poll() is None and time.monotonic() < deadline, "the workers never started"
+            time.sleep(0.2)
+        os.kill(runner_proc.pid, signal.SIGKILL)
+        runner_proc.wait()
+        deadline = time.monotonic() + 30
+        while _group_alive(group):
+            assert time.monotonic() < deadline, "a worker outlived the runner by 30 s"
+            time.sleep(0.2)
+    finally:
+        if _group_alive(group):
+            os.killpg(group, signal.SIGKILL)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True

@@ -20,6 +20,8 @@ as ``--resume`` does); the code version is not compared.
 
 ``jobs > 1`` runs the runs in a pool of ``jobs`` worker processes (``spawn``: each worker imports
 torch once and trains run after run); each worker gets ``max(1, cores // jobs)`` torch threads.
+On Linux a worker ends when the runner ends, also when the runner is killed; its run is then *cut*
+and resumes at the next call.
 """
 
 from __future__ import annotations
@@ -183,9 +185,31 @@ def run_task(task: RunTask, device: str = "cpu", cache_dir: str | None = None) -
     return {"run_dir": task.run_dir, "state": state, "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _worker_init(threads: int) -> None:
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _end_with(parent: int) -> None:
+    """Linux: this process gets SIGTERM when the runner ``parent`` ends, however it ends (killed
+    with SIGTERM or SIGKILL included): otherwise a pool worker would go on training, holding its
+    run folder's lock, after the runner that planned the grid is gone."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the runner ended before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _worker_init(threads: int, parent: int | None = None) -> None:
     import torch
 
+    if parent is not None:
+        _end_with(parent)
     torch.set_num_threads(threads)
 
 
@@ -218,7 +242,7 @@ def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_di
 
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_worker_init, initargs=(threads,)) as pool:
+                             initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
         futures = {pool.submit(_run_task_safe, t, device, cache_dir): i for i, t in enumerate(tasks)}
         for fut in as_completed(futures):
             note(futures[fut], fut.result())
