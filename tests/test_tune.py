@@ -129,6 +129,23 @@ def test_train_config_round_trip(tmp_path, capsys):
         assert str(cfg) in err and needle in err
 
 
+def test_train_takes_the_model_from_the_config_file_and_names_the_file_when_it_has_none(tmp_path, capsys):
+    cfg = tmp_path / "best.toml"
+    cfg.write_text('model = "lightgcn"\n[options]\nembed_dim = 8\nn_layers = 1\n')
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["model"] == "lightgcn" and saved["config"]["model_config"]["n_layers"] == 1
+    for text, needle in (("[options]\nembed_dim = 8\n", "names no model; give --model"),
+                         ('model = "latice"\n', "model 'latice' is not in the registry")):
+        cfg.write_text(text)
+        assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 2
+        err = capsys.readouterr().err
+        assert str(cfg) in err and needle in err and "Traceback" not in err
+    assert main(["train", "--out", str(tmp_path / "r3")]) == 2
+    assert "give --model MODEL, or --config FILE" in capsys.readouterr().err
+
+
 def test_cli_tune_writes_a_best_config_that_train_takes(tmp_path, capsys):
     out = tmp_path / "t"
     assert main(["tune", "--model", "mf", "--data", "synthetic", "--trials", "2", "--epochs", "1",

@@ -78,6 +78,12 @@ def cmd_train(args) -> int:
     nproc = getattr(args, "nproc", 1)
     if nproc < 1:
         raise LatticeRecError(f"--nproc: {nproc}: give at least 1 process")
+    if args.model is None:
+        if not args.config:
+            raise LatticeRecError("train: give --model MODEL, or --config FILE whose file names the model")
+        from latticerec.experiment.optfile import model_of_options_file
+
+        args.model = model_of_options_file(args.config)
     run = resolve_config(args.model, _train_overrides(args))
     device = resolve_device(args.device)
     if nproc > 1 and not distributed.launched():
@@ -267,9 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train a model, evaluate it, write DIR/metrics.json")
-    t.add_argument("--model", required=True, choices=_RegistryNames("MODELS"), metavar="MODEL",
+    t.add_argument("--model", choices=_RegistryNames("MODELS"), metavar="MODEL",
                    help="lattice, micro, mmgef, cb, mf, lightgcn, ngcf; baselines pop, itemknn, vbpr, "
-                   "freedom, sgl, mmgcn, grcn, bm3 (the registry)")
+                   "freedom, sgl, mmgcn, grcn, bm3 (the registry); may be left to --config's file")
     t.add_argument("--data", default="synthetic", help="dataset folder or 'synthetic'")
     t.add_argument("--backbone", choices=_RegistryNames("BACKBONES"), metavar="BACKBONE",
                    help="CF backbone of a multimodal model (lattice, micro, mmgef); default lightgcn")

@@ -3,7 +3,7 @@
 
 A file is JSON (``.json``) or TOML (``.toml``) with two keys::
 
-    model = "lattice"              # optional; must match --model when given
+    model = "lattice"              # optional; must match --model when given, else it is the model
     [options]                      # --set keys, typed values
     lr = 0.0005
     knn_k = 10
@@ -25,12 +25,22 @@ from latticerec.io import atomic_write_json
 FILE_KEYS = ("model", "options")
 
 
-def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
-    """The ``options`` of ``path`` for ``model``, checked against the model's configs (an unknown
-    key or a bad value is a :class:`ConfigError` that names the file)."""
-    from latticerec.train.build import resolve_config
+def model_of_options_file(path: str | Path) -> str:
+    """The ``model`` that ``path`` names (``latticerec train --config FILE`` without ``--model``);
+    a :class:`ConfigError` naming the file when it names none or one the registry lacks."""
+    from latticerec.models.registry import MODELS
 
     path = Path(path)
+    model = _read(path).get("model")
+    if model is None:
+        raise ConfigError(f"--config {path}: the file names no model; give --model")
+    if model not in MODELS:
+        valid = ", ".join(sorted(MODELS))
+        raise ConfigError(f"{path}: model {model!r} is not in the registry; valid: {valid}")
+    return model
+
+
+def _read(path: Path) -> dict[str, Any]:
     try:
         text = path.read_text(encoding="utf-8")
         data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
@@ -43,6 +53,16 @@ def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
     unknown = sorted(set(data) - set(FILE_KEYS))
     if unknown:
         raise ConfigError(f"{path}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(FILE_KEYS)}")
+    return data
+
+
+def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
+    """The ``options`` of ``path`` for ``model``, checked against the model's configs (an unknown
+    key or a bad value is a :class:`ConfigError` that names the file)."""
+    from latticerec.train.build import resolve_config
+
+    path = Path(path)
+    data = _read(path)
     if "model" in data and data["model"] != model:
         raise ConfigError(f"{path}: written for model {data['model']!r}, not --model {model!r}")
     options = data.get("options", {})
