@@ -141,13 +141,18 @@ def test_representations_follow_eq_6_to_17(blocks):
     assert torch.allclose(users, bu + F.normalize(h_u, dim=1), atol=1e-5)
 
 
-def test_without_fusion_is_lattice_with_the_same_parameters(blocks):
-    lattice = _build("lattice", blocks, lambda_coeff="0.7", backbone="lightgcn")
-    fit(lattice, blocks, resolve_config("lattice", {"epochs": "2"}).train, progress=False)
+@pytest.mark.parametrize("graph", [{}, {"lattice_graph": "joint", "alpha_live": "false"}],
+                         ids=["per_modality", "released-joint"])
+def test_without_fusion_is_lattice_with_the_same_parameters(blocks, graph):
+    lattice = _build("lattice", blocks, lambda_coeff="0.7", backbone="lightgcn", **graph)
+    fit(lattice, blocks, resolve_config("lattice", {"epochs": "2", **graph}).train, progress=False)
     with torch.no_grad():  # LATTICE's modality weights away from their uniform start
         lattice.modal_scores.copy_(torch.tensor([0.3, -0.4]))
-    micro = _build("micro", blocks, fusion="false", lambda_coeff="0.7", backbone="lightgcn")
+    micro = _build("micro", blocks, fusion="false", lambda_coeff="0.7", backbone="lightgcn", **graph)
+    assert micro.joint == lattice.joint == bool(graph) and micro.alpha_live == lattice.alpha_live
     micro.load_state_dict(lattice.state_dict())  # strict: the same parameter and buffer names
+    for model in (lattice, micro):  # alpha_live=false: both take the α of the next graph build
+        model.on_epoch_start(2)
     for a, b in zip(lattice.full_representations(), micro.full_representations(), strict=True):
         assert torch.equal(a, b)
     lattice.train()
@@ -174,6 +179,22 @@ def test_without_fusion_the_defaults_are_lattices(blocks):
     assert _build("micro", blocks).structure.lam == 0.7  # MICRO's own default with fusion
     assert _build("micro", blocks, fusion="false", lambda_coeff="0.5").structure.lam == 0.5
     assert _build("micro", blocks, lambda_coeff="0.9").structure.lam == 0.9
+
+
+def test_lattice_graph_options_need_fusion_false_and_the_released_preset_gives_them_to_it():
+    with pytest.raises(ConfigError, match="apply with fusion=false only"):
+        resolve_config("micro", {"lattice_graph": "joint"})
+    with pytest.raises(ConfigError, match="apply with fusion=false only"):
+        resolve_config("micro", {"alpha_live": "false"})
+    lattice = resolve_config("lattice", {"protocol": "released"})
+    for fusion in ("false", False, "no"):  # MICRO w/o fusion under the released protocol: LATTICE's preset
+        micro = resolve_config("micro", {"protocol": "released", "fusion": fusion})
+        assert micro.model_config.lattice_graph == lattice.model_config.lattice_graph == "joint"
+        assert micro.model_config.alpha_live is lattice.model_config.alpha_live is False
+        assert micro.train == lattice.train and micro.train.eval_phase == 1
+    fused = resolve_config("micro", {"protocol": "released"})
+    assert fused.model_config.lattice_graph == "per_modality" and fused.model_config.alpha_live
+    assert fused.train.eval_phase == 0 and fused.model_config.cl_negatives == "all"
 
 
 def test_specific_flag(blocks):

@@ -65,6 +65,12 @@ def _scalar(text: Any, tp: Any, key: str) -> Any:
     raise ConfigError(f"{key}: expected {name}, got {text!r}")
 
 
+def parse_bool(text: Any, key: str) -> bool:
+    """``text`` (``true``/``false`` and the other spellings ``--set`` takes, or a bool) as a bool;
+    a :class:`ConfigError` naming ``key`` otherwise."""
+    return _scalar(text, bool, key)
+
+
 def _parse_value(text: Any, tp: Any, key: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (typing.Union, types.UnionType):

@@ -39,6 +39,7 @@ from latticerec.models.options import (
     LATTICE_LAMBDA,
     STRUCTURE_SPACE,
     FeatureAblations,
+    LatticeGraph,
     RawFeatures,
     Structure,
 )
@@ -48,7 +49,7 @@ MICRO_LAMBDA = 0.7  # λ of eq. 5 with fusion (paper, section 4.1.4)
 
 
 @dataclass(frozen=True)
-class MicroConfig(Structure, FeatureAblations, RawFeatures):
+class MicroConfig(Structure, FeatureAblations, RawFeatures, LatticeGraph):
     """MICRO options: the structure learner's (``item_layers`` = ``L``) and LATTICE's
     ``feats_input``/``cf_feats`` ablations, plus the fusion ones. Defaults: ``k = 10``, ``τ = 0.5``
     (paper, section 4.1.4); ``lambda_coeff`` unset means ``λ = 0.7`` with fusion (the paper's) and
@@ -58,7 +59,9 @@ class MicroConfig(Structure, FeatureAblations, RawFeatures):
 
     ``cl_batch`` / ``cl_negatives`` choose the items of ``L_C`` (see :class:`Micro`); ``att_init``
     the attention layers' initialisation: ``xavier`` (Xavier weights, zero bias) or ``torch``
-    (``nn.Linear``'s default, the released code); ``train_features`` see :class:`RawFeatures`."""
+    (``nn.Linear``'s default, the released code); ``train_features`` see :class:`RawFeatures`;
+    ``lattice_graph`` / ``alpha_live`` (:class:`LatticeGraph`) combine LATTICE's modality weights,
+    so they apply with ``fusion=false`` only."""
 
     lambda_coeff: float | None = None
     fusion: bool = True
@@ -86,6 +89,9 @@ class MicroConfig(Structure, FeatureAblations, RawFeatures):
             raise ValueError("cl_negatives must be 'batch' or 'all'")
         if self.att_init not in ("xavier", "torch"):
             raise ValueError(f"att_init must be 'xavier' or 'torch', got {self.att_init!r}")
+        if self.fusion and (self.lattice_graph != "per_modality" or not self.alpha_live):
+            raise ValueError("lattice_graph and alpha_live combine LATTICE's modality weights: "
+                             "they apply with fusion=false only")
 
     def skip_lambda(self) -> float:
         """``lambda_coeff``, or by default 0.7 with fusion and LATTICE's 0.9 without."""
@@ -104,7 +110,8 @@ class Micro(StructureModel):
     ==========================  =====================================================================
     MICRO                       (defaults)
     MICRO w/o. fusion           ``fusion=false``: exactly LATTICE (modality weights ``α_m``, one
-                                aggregated graph, BPR only, no ``h_u``); the state dict has LATTICE's
+                                aggregated graph, BPR only, no ``h_u``; LATTICE's ``lattice_graph``
+                                and ``alpha_live`` options); the state dict has LATTICE's
                                 keys, so a ``lattice`` checkpoint loads into it and scores the same.
                                 The fusion options (``specific``, ``preference``, ``beta_*``, ``tau``,
                                 ``cl_*``) have no effect then.
@@ -148,9 +155,10 @@ class Micro(StructureModel):
                  fusion: bool = True, specific: bool = True, preference: bool = True,
                  beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
                  cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096,
-                 att_init: str = "xavier"):
-        # without fusion: LATTICE's modality weights, under LATTICE's names
-        super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=not fusion)
+                 att_init: str = "xavier", lattice_graph: str = "per_modality", alpha_live: bool = True):
+        # without fusion: LATTICE's modality weights and graph options, under LATTICE's names
+        super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=not fusion,
+                         lattice_graph=lattice_graph, alpha_live=alpha_live)
         self.fusion, self.specific, self.preference = fusion, specific, preference
         self.beta_c, self.beta_s, self.tau = beta_c, beta_s, tau
         self.cl_batch, self.cl_negatives, self.cl_chunk = cl_batch, cl_negatives, cl_chunk
@@ -179,7 +187,8 @@ class Micro(StructureModel):
                    item_layers=cfg.item_layers, cf_feats=cfg.cf_feats, feats_input=cfg.feats_input,
                    fusion=cfg.fusion, specific=cfg.specific, preference=cfg.preference,
                    beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
-                   cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk, att_init=cfg.att_init)
+                   cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk, att_init=cfg.att_init,
+                   lattice_graph=cfg.lattice_graph, alpha_live=cfg.alpha_live)
 
     # -- MICRO ---------------------------------------------------------------------------------
     def shared_attention(self, modal: torch.Tensor) -> torch.Tensor:

@@ -32,7 +32,8 @@ from torch import nn
 from latticerec.errors import ConfigError
 from latticerec.graphs.ann import as_search
 from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
-from latticerec.graphs.sparse import ConstantCSR, compact_indices, transpose_csr
+from latticerec.graphs.normalize import symmetric_values
+from latticerec.graphs.sparse import ConstantCSR, GradCSR, compact_indices, row_indices, transpose_csr
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs, Recommender
 
@@ -176,6 +177,14 @@ class LatentStructure(nn.Module):
                 self.graphs()
 
 
+def _csr_values(graph) -> tuple[torch.Tensor, torch.Tensor]:
+    """The CSR structure of a learned graph term and its stored values (with gradient if any)."""
+    if isinstance(graph, GradCSR):
+        return graph.csr, graph.values
+    csr = graph.csr if isinstance(graph, ConstantCSR) else graph
+    return csr, csr.values()
+
+
 def propagate_items(terms: GraphTerms, x: torch.Tensor, n_layers: int) -> torch.Tensor:
     """Eq. 6 stacked ``L`` times: ``H_(l) = A H_(l-1)``, ``H_(0) = X``; returns ``H_(L)``."""
     for _ in range(n_layers):
@@ -211,15 +220,25 @@ class StructureModel(Recommender):
     wraps_backbone = True
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
-                 cf_feats: bool = False, feats_input: bool = False, modality_weights: bool = False):
+                 cf_feats: bool = False, feats_input: bool = False, modality_weights: bool = False,
+                 lattice_graph: str = "per_modality", alpha_live: bool = True):
         super().__init__()
         self.backbone, self.structure = backbone, structure
         self.reg_weight = backbone.reg_weight
         self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
         if (cf_feats or feats_input) and not len(structure.projections):
             raise ConfigError("cf_feats/feats_input need item features (the modalities chosen have none)")
+        if not modality_weights and (lattice_graph != "per_modality" or not alpha_live):
+            raise ConfigError("lattice_graph and alpha_live combine LATTICE's modality weights; "
+                              "this model has none")
+        self.joint = modality_weights and lattice_graph == "joint" and structure.learn and not cf_feats
+        self.alpha_live = alpha_live
         if modality_weights:
             self.modal_scores = nn.Parameter(torch.zeros(len(structure.names)))
+            structure.normalize_learned = not self.joint  # joint: Ŝ_m kept unnormalised
+        if not alpha_live:  # α of the graph last built; all zeros until one is built
+            self.register_buffer("graph_alpha", torch.zeros(len(structure.names)))
+        self._take_alpha = True
 
     def ego_embeddings(self):
         return self.backbone.ego_embeddings()
@@ -227,10 +246,12 @@ class StructureModel(Recommender):
     def on_epoch_start(self, epoch: int) -> None:
         self.structure.request_rebuild()
         self.backbone.on_epoch_start(epoch)
+        self._take_alpha = True
 
     def before_evaluation(self) -> None:
         """``rebuild_on_eval``: the learned graphs rebuilt from the current projections."""
         self.structure.rebuild_now()
+        self._take_alpha = True
 
     def item_structure_embedding(self) -> torch.Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -244,12 +265,43 @@ class StructureModel(Recommender):
         return feature_input(self.structure) if self.feats_input else self.backbone.item_embedding.weight
 
     def modal_weights(self) -> torch.Tensor:
-        """LATTICE's ``α = softmax(scores)`` over the modalities (built with ``modality_weights``)."""
-        return torch.softmax(self.modal_scores, dim=0)
+        """LATTICE's ``α = softmax(scores)`` over the modalities (built with ``modality_weights``);
+        with ``alpha_live=false`` the live α only when the graph is built (the epoch's first call,
+        or after :meth:`before_evaluation`), stored, and the stored value (no gradient) on every
+        other call."""
+        alpha = torch.softmax(self.modal_scores, dim=0)
+        if self.alpha_live:
+            return alpha
+        if self._take_alpha or not bool(self.graph_alpha.sum() > 0):
+            self.graph_alpha.copy_(alpha.detach())
+            self._take_alpha = False
+            return alpha
+        return self.graph_alpha
+
+    def joint_terms(self) -> list:
+        """``A = (1-λ) sym_norm(Σ_m α_m Ŝ_m) + λ Σ_m α_m S̃_m`` (``lattice_graph=joint``) as weighted
+        sparse terms: the joint normalisation ``D^-1/2 (Σ_m α_m Ŝ_m) D^-1/2``, ``D`` the row sums of
+        the α-weighted sum, is applied to each ``Ŝ_m``'s stored values, so the supports are never
+        merged."""
+        graphs, alpha, lam = self.structure.graphs(), self.modal_weights(), self.structure.lam
+        learned = [_csr_values(graphs[m][-1][1]) for m in self.structure.names]
+        rows = [row_indices(csr.crow_indices()) for csr, _ in learned]
+        n = learned[0][0].shape[0]
+        degree = sum(torch.zeros(n, device=v.device, dtype=v.dtype).index_add(0, r, a * v)
+                     for a, (_, v), r in zip(alpha, learned, rows, strict=True))
+        terms = [(lam * a, ConstantCSR(getattr(self.structure, f"initial_{m}"),
+                                       getattr(self.structure, f"initial_t_{m}")))
+                 for a, m in zip(alpha, self.structure.names, strict=True) if lam > 0]
+        for a, (csr, v), r in zip(alpha, learned, rows, strict=True):
+            terms.append((1.0 - lam, GradCSR(csr, symmetric_values(a * v, r, csr.col_indices(), degree))))
+        return terms
 
     def weighted_embedding(self) -> torch.Tensor:
-        """LATTICE's ``H = A^L X`` with ``A = Σ_m α_m A_m`` (eq. 6 on the aggregated graph), or the
-        ``CF+feats`` ablation's ``Σ_m α_m ẽ_m``."""
+        """LATTICE's ``H = A^L X`` with ``A = Σ_m α_m A_m`` (eq. 6 on the aggregated graph; with
+        ``lattice_graph=joint`` ``A`` of :meth:`joint_terms`), or the ``CF+feats`` ablation's
+        ``Σ_m α_m ẽ_m``."""
+        if self.joint:
+            return propagate_items(self.joint_terms(), self.item_input(), self.item_layers)
         alpha = self.modal_weights()
         if self.cf_feats:
             weights = dict(zip(self.structure.names, alpha, strict=True))

@@ -8,8 +8,9 @@ from typing import Any
 
 import torch
 
-from latticerec.config import TrainConfig, field_types, make_config, split_overrides, to_dict
+from latticerec.config import TrainConfig, field_types, make_config, parse_bool, split_overrides, to_dict
 from latticerec.data.dataset import Dataset
+from latticerec.errors import ConfigError
 from latticerec.graphs.cache import KnnGraphCache
 from latticerec.graphs.knn import knn_graph, pairs_graph
 from latticerec.graphs.sparse import to_torch_csr
@@ -58,15 +59,29 @@ RELEASED_BACKBONE_PRESET = {"lightgcn": {"n_layers": 2, "adj_norm": "released"},
                             "ngcf": {"n_layers": 2, "adj_norm": "released", "ngcf": "released"}}
 
 
-def protocol_preset(model: str, backbone: str | None, protocol: Any, *classes) -> dict[str, Any]:
+def protocol_preset(model: str, backbone: str | None, protocol: Any, *classes,
+                    fusion: Any = True) -> dict[str, Any]:
     """The options ``protocol`` sets for ``model`` (wrapping ``backbone``), restricted to the keys
-    that one of the config ``classes`` declares; empty for the ``latticerec`` protocol."""
+    that one of the config ``classes`` declares; empty for the ``latticerec`` protocol. MICRO with
+    ``fusion`` false (the ``fusion`` override, as given) is LATTICE and gets LATTICE's preset: the
+    released LATTICE code is what that row of MICRO's Table 5 ran."""
     if protocol != "released":
         return {}
+    if model == "micro" and not _flag(fusion):
+        model = "lattice"
     preset = {**RELEASED_PRESET, **RELEASED_MODEL_PRESET.get(model, {}),
               **RELEASED_BACKBONE_PRESET.get(backbone or model, {})}
     declared = set().union(*(field_types(c) for c in classes))
     return {k: v for k, v in preset.items() if k in declared}
+
+
+def _flag(value: Any) -> bool:
+    """A boolean override as the config will read it (an invalid one reads as true here, and the
+    config then rejects it by name)."""
+    try:
+        return parse_bool(value, "fusion")
+    except ConfigError:
+        return True
 
 
 def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunConfig:
@@ -78,7 +93,8 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
     backbone = _backbone_name(cls, values)
     classes = (TrainConfig, cls.Config) if backbone is None \
         else (TrainConfig, cls.Config, get_backbone_class(backbone).Config)
-    values = {**protocol_preset(model, backbone, values.get("protocol"), *classes), **values}
+    values = {**protocol_preset(model, backbone, values.get("protocol"), *classes,
+                                fusion=values.get("fusion", True)), **values}
     if backbone is None:
         train_values, model_values = split_overrides(values, TrainConfig, cls.Config)
         backbone_cfg = None
