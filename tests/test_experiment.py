@@ -3,6 +3,7 @@
 import csv
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -19,6 +20,7 @@ from latticerec.experiment import runner
 from latticerec.experiment.results import write_results
 from latticerec.experiment.runner import RunTask, run_tasks
 from latticerec.experiment.spec import load_spec, parse_spec, plan
+from latticerec.experiment.tune import search_space
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "experiments"
 
@@ -253,11 +255,15 @@ def test_cli_experiment_writes_results_and_summary(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.toml")), ids=lambda p: p.name)
 def test_the_shipped_specs_are_valid(path, tmp_path):
+    from latticerec.experiment.optfile import write_options_file
+    from latticerec.experiment.spec import plan_studies
     from latticerec.models.registry import MODELS
 
     spec = load_spec(path)
     assert spec.path == str(path) and spec.models
     if all(m.model in MODELS for m in spec.models):
+        for study in plan_studies(spec, tmp_path):  # as if tuned to the defaults
+            write_options_file(Path(study.out) / "best_config.json", study.model, study.fixed)
         assert plan(spec, tmp_path)  # every option resolves against the registry
     else:  # baselines merged later: the unknown model is named, with the spec file
         with pytest.raises(ConfigError, match="unknown model"):
@@ -301,3 +307,86 @@ def _group_alive(pgid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+TUNED = """
+name = "tuned"
+datasets = ["synthetic"]
+seeds = [0, 1]
+reference = "pop"
+[options]
+epochs = 2
+[tune]
+trials = 3
+epochs = 2
+[[models]]
+label = "pop"
+[[models]]
+label = "mf"
+options = { embed_dim = 8 }
+"""
+
+
+@pytest.mark.parametrize("table, needle", [
+    ("[tune]\nepochs = 2\n", "tune: missing 'trials'"),
+    ("[tune]\ntrials = 0\n", "tune: trials must be a positive integer"),
+    ("[tune]\ntrials = 2\nmetric = \"recall@10\"\n", "tune: metric 'recall@10'"),
+    ("[tune]\ntrials = 2\nmodels = [\"ngcf\"]\n", "tune: models ['ngcf']: not model labels"),
+    ("[tune]\ntrials = 2\nbudget = 1\n", "tune: unknown key(s) 'budget'"),
+])
+def test_a_bad_tune_table_is_an_error_naming_the_file(tmp_path, table, needle):
+    text = TINY.replace("[[models]]", table + "[[models]]", 1)
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_spec(write_spec(tmp_path, text))
+
+
+def test_tuned_cells_get_the_same_budget_their_seeds_train_with_the_choice_and_test_is_never_read(
+        tmp_path, capsys, monkeypatch):
+    import latticerec.train.trainer as trainer
+    from latticerec.experiment import spec as spec_module
+
+    spec_path, out = write_spec(tmp_path, TUNED), tmp_path / "out"
+    real_studies, real_split = spec_module.plan_studies, trainer.evaluate_split
+    tuning = []
+
+    def guard(model, dataset, split, *a, **k):  # no test evaluation while a study runs
+        assert not (tuning and split == "test"), "a study evaluated the test split"
+        return real_split(model, dataset, split, *a, **k)
+
+    monkeypatch.setattr(trainer, "evaluate_split", guard)
+    import latticerec.experiment.runner as runner_module
+    real_run_studies = runner_module.run_studies
+
+    def watched(*a, **k):
+        tuning.append(True)
+        try:
+            return real_run_studies(*a, **k)
+        finally:
+            tuning.clear()
+
+    monkeypatch.setattr(runner_module, "run_studies", watched)
+    assert main(["experiment", str(spec_path), "--out", str(out)]) == 0
+    studies = real_studies(load_spec(spec_path), out)
+    assert [s.label for s in studies] == ["mf"]  # pop declares no search space: not tuned
+    best = json.loads((Path(studies[0].out) / "best_trial.json").read_text())
+    assert sum(best["trials"].values()) == 3 and best["test"] is None
+    assert set(best["best_params"]) == set(search_space("mf"))
+    for seed in (0, 1):
+        saved = json.loads((out / "runs" / "mf" / "synthetic" / "default" / f"seed-{seed}" /
+                            "config.json").read_text())["config"]
+        assert saved["train"]["lr"] == pytest.approx(best["best_params"]["lr"])
+        assert saved["model_config"]["reg"] == pytest.approx(best["best_params"]["reg"])
+        assert saved["train"]["epochs"] == 2 and saved["train"]["seed"] == seed
+    summary = (out / "summary.md").read_text()
+    counts = f"{best['trials']['complete']} / {best['trials']['pruned']} / {best['trials']['fail']}"
+    assert "Tuned on validation only" in summary and f"| mf | default | {counts} |" in summary
+    capsys.readouterr()
+    assert main(["experiment", str(spec_path), "--out", str(out)]) == 0  # resumes: nothing new to run
+    err = capsys.readouterr().err
+    assert "study of 3 trials" in err and err.count("already finished, skipped") == 4
+
+
+def test_a_tuned_cell_whose_study_has_not_run_is_not_planned(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TUNED))
+    with pytest.raises(ConfigError, match="mf.*tuned, but its study has not finished"):
+        plan(spec, tmp_path / "out")

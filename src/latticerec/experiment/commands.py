@@ -17,12 +17,23 @@ def _set_options(groups) -> dict:
 
 def cmd_experiment(args) -> int:
     from latticerec.experiment.results import write_results
-    from latticerec.experiment.runner import attach_reuse, run_tasks
-    from latticerec.experiment.spec import load_spec, plan
+    from latticerec.experiment.runner import attach_reuse, run_studies, run_tasks
+    from latticerec.experiment.spec import load_spec, plan, plan_studies
 
     spec = load_spec(args.spec)
     out = Path(args.out or Path("runs") / "experiments" / spec.name)
-    tasks = attach_reuse(plan(spec, out, extra=_set_options(args.set)), args.reuse or [])
+    extra = _set_options(args.set)
+    studies = plan_studies(spec, out, extra)
+    if studies:
+        print(f"experiment {spec.name}: tuning {len(studies)} cells first ({spec.tune.trials} optuna trials "
+              f"each on valid {spec.tune.metric}, {args.jobs} at a time)", file=sys.stderr)
+        outcomes = run_studies(studies, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
+                               log=lambda m: print(m, file=sys.stderr))
+        failed = [f"{o['run_dir']}: {o['error']}" for o in outcomes if o["state"] == "failed"]
+        if failed:
+            raise LatticeRecError(f"{len(failed)} of {len(studies)} studies failed (rerun the command to "
+                                  "resume them): " + "; ".join(failed))
+    tasks = attach_reuse(plan(spec, out, extra=extra), args.reuse or [])
     reusable = sum(bool(t.reuse_from) for t in tasks)
     print(f"experiment {spec.name}: {len(tasks)} runs into {out} ({args.jobs} at a time"
           + (f"; {reusable} can be copied from --reuse" if args.reuse else "") + ")", file=sys.stderr)

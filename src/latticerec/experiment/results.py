@@ -98,9 +98,20 @@ def seed_matched_test(runs_a: dict[int, dict], runs_b: dict[int, dict], metric: 
     return paired_test(np.mean([a for a, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0)), seeds
 
 
-def summarise(spec, tasks, rows: list[dict]) -> dict:
+def _study_record(out: Path | None, key: tuple) -> dict | None:
+    """A tuned cell's study (``OUT/tune/<label>/<dataset>/<point>/best_trial.json``): trials, the
+    best validation value and the options its runs took; ``None`` for a cell that was not tuned."""
+    path = None if out is None else Path(out, "tune", *key, "best_trial.json")
+    if path is None or not path.exists():
+        return None
+    record = json.loads(path.read_text(encoding="utf-8"))
+    keep = ("metric", "trials", "best_trial", "best_valid", "best_options", "best_params")
+    return {k: record.get(k) for k in keep}
+
+
+def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> dict:
     """``summary.json``'s content: per cell the mean and std of each metric over its finished seeds
-    and, against its reference, the paired tests per metric."""
+    and, against its reference, the paired tests per metric; with ``out``, a tuned cell's study."""
     by_cell: dict[tuple, list] = {}
     for t in tasks:
         by_cell.setdefault(_cell_key(t), []).append(t)
@@ -114,7 +125,8 @@ def summarise(spec, tasks, rows: list[dict]) -> dict:
                       "planned_seeds": len(cell_tasks),
                       "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
                       "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
-                      "reference": spec.reference_of(key[0]), "tests": {}})
+                      "reference": spec.reference_of(key[0]), "tests": {},
+                      "tuning": _study_record(None if out is None else Path(out), key)})
     for cell in cells:
         if cell["reference"] is not None:
             _test_cell(spec, cell, by_cell)
@@ -179,15 +191,32 @@ def summary_markdown(summary: dict) -> str:
                              f"{r['mean_b']:.4f} | {r['mean_diff']:+.4f} | {r['t']:.2f} | {r['p_t']:.2g} | "
                              f"{r['p_wilcoxon']:.2g} | {r['effect_size']:+.3f} | {r['n']} | "
                              f"{len(r['seeds'])} | {'yes' if r['significant'] else 'no'} |")
+        tuned = [c for c in cells if c.get("tuning")]
+        if tuned:
+            lines += ["", f"Tuned on validation only ({dataset}; optuna TPE, median pruner; the same "
+                      "number of trials for every tuned cell; the seeds above trained with the options "
+                      "chosen):", "", "| model | options | trials (complete / pruned / failed) | best valid "
+                      "| options chosen by the study |", "|---|---|---|---|---|"]
+            for c in tuned:
+                t = c["tuning"]
+                counts = " / ".join(str(t["trials"].get(k, 0)) for k in ("complete", "pruned", "fail"))
+                chosen = ", ".join(f"{k}={_short(v)}" for k, v in sorted((t.get("best_params")
+                                                                          or t["best_options"]).items()))
+                lines.append(f"| {c['label']} | {c['point']} | {counts} | {t['metric']} "
+                             f"{t['best_valid']:.4f} | {chosen} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _short(value) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
 def write_results(spec, tasks, out: str | Path) -> dict[str, Path]:
     """Write ``OUT/results.csv``, ``OUT/summary.json`` and ``OUT/summary.md`` from the finished runs."""
     out = Path(out)
     rows = [r for r in (run_row(t) for t in tasks) if r is not None]
-    summary = summarise(spec, tasks, rows)
+    summary = summarise(spec, tasks, rows, out)
     paths = {"csv": out / "results.csv", "json": out / "summary.json", "summary": out / "summary.md"}
     atomic_write_bytes(paths["csv"], csv_text(rows).encode())
     atomic_write_bytes(paths["json"], (json.dumps(summary, indent=2) + "\n").encode())

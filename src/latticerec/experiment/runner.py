@@ -220,22 +220,39 @@ def _run_task_safe(task: RunTask, device: str, cache_dir: str | None) -> dict:
         return {"run_dir": task.run_dir, "state": "failed", "error": str(exc)}
 
 
-def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
-              log=print) -> list[dict]:
-    """Run ``tasks`` (``jobs`` at a time); a failed run is reported and the others go on. Returns one
-    outcome per task (``state``: empty / cut / resumed / reused / finished / failed)."""
+def run_study(study, device: str = "cpu", cache_dir: str | None = None) -> dict:
+    """Run (or resume) one tuned cell's optuna study (:class:`~latticerec.experiment.spec.StudyTask`)
+    to its ``trials``; validation only: the best trial is not evaluated on test here (the cell's
+    seeds are, once trained)."""
+    from latticerec.experiment.tune import tune
+
+    start = time.perf_counter()
+    record = tune(study.model, study.data, study.trials, study.out, metric=study.metric,
+                  epochs=study.epochs, fixed=study.fixed, seed=study.seed, device=device,
+                  cache_dir=cache_dir, evaluate_test=False, log=lambda m: None)
+    return {"run_dir": study.out, "state": "tuned", "best_valid": record["best_valid"],
+            "trials": sum(record["trials"].values()), "seconds": round(time.perf_counter() - start, 2)}
+
+
+def _run_study_safe(study, device: str, cache_dir: str | None) -> dict:
+    try:
+        return run_study(study, device, cache_dir)
+    except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
+        return {"run_dir": study.out, "state": "failed", "error": str(exc)}
+
+
+def _in_pool(fn, items: list, jobs: int, device: str, cache_dir: str | None, log, describe) -> list[dict]:
+    """``fn(item, device, cache_dir)`` for every item, in this process (``jobs`` 1) or in a pool of
+    ``jobs`` worker processes; ``log`` gets ``describe(index, outcome)`` for each as it ends."""
     outcomes = []
 
     def note(i: int, out: dict) -> None:
         outcomes.append(out)
-        what = {"finished": "already finished, skipped", "failed": f"FAILED: {out.get('error')}",
-                "resumed": "resumed from its checkpoint",
-                "reused": f"copied from the finished run {tasks[i].reuse_from}"}.get(out["state"], "trained")
-        log(f"[{len(outcomes)}/{len(tasks)}] {tasks[i].run_dir}: {what}")
+        log(f"[{len(outcomes)}/{len(items)}] {describe(i, out)}")
 
     if jobs <= 1:
-        for i, task in enumerate(tasks):
-            note(i, _run_task_safe(task, device, cache_dir))
+        for i, item in enumerate(items):
+            note(i, fn(item, device, cache_dir))
         return outcomes
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -243,7 +260,32 @@ def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_di
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
-        futures = {pool.submit(_run_task_safe, t, device, cache_dir): i for i, t in enumerate(tasks)}
+        futures = {pool.submit(fn, item, device, cache_dir): i for i, item in enumerate(items)}
         for fut in as_completed(futures):
             note(futures[fut], fut.result())
     return outcomes
+
+
+def run_studies(studies: list, jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
+                log=print) -> list[dict]:
+    """Run the tuned cells' studies (``jobs`` at a time); a failed study is reported and the others
+    go on. Returns one outcome per study (``state``: tuned / failed)."""
+    def describe(i: int, out: dict) -> str:
+        if out["state"] == "failed":
+            return f"{studies[i].out}: FAILED: {out.get('error')}"
+        return f"{studies[i].out}: study of {out['trials']} trials, best valid {out['best_valid']:.4f}"
+
+    return _in_pool(_run_study_safe, studies, jobs, device, cache_dir, log, describe)
+
+
+def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
+              log=print) -> list[dict]:
+    """Run ``tasks`` (``jobs`` at a time); a failed run is reported and the others go on. Returns one
+    outcome per task (``state``: empty / cut / resumed / reused / finished / failed)."""
+    def describe(i: int, out: dict) -> str:
+        what = {"finished": "already finished, skipped", "failed": f"FAILED: {out.get('error')}",
+                "resumed": "resumed from its checkpoint",
+                "reused": f"copied from the finished run {tasks[i].reuse_from}"}.get(out["state"], "trained")
+        return f"{tasks[i].run_dir}: {what}"
+
+    return _in_pool(_run_task_safe, tasks, jobs, device, cache_dir, log, describe)

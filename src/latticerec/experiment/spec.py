@@ -16,6 +16,13 @@
     [grid]                                  # every model: the cartesian product of the values
     item_layers = [1, 2]
 
+    [tune]                                  # optional: tune before the seeds, the same budget each
+    trials = 20                             # optuna trials per cell (finished or pruned)
+    metric = "recall@20"                    # the validation objective (recall@20 or ndcg@20)
+    epochs = 200                            # epoch cap of a trial (default: the runs' epochs option)
+    seed = 0                                # seed of the sampler and the trials (default: seeds[0])
+    models = ["lattice"]                    # labels tuned (default: every model with a search space)
+
     [[models]]
     label = "lightgcn"                      # unique; the run folders' and tables' name
     model = "lightgcn"                      # registry name (default: the label)
@@ -32,7 +39,11 @@ names and options are checked against the registry when the grid is planned (:fu
 time), so a spec may name models that a later version registers.
 
 A cell is (label, dataset, grid point); its runs are its seeds, in
-``OUT/runs/<label>/<dataset>/<grid point>/seed-<s>``. The reference cell of a cell is the reference
+``OUT/runs/<label>/<dataset>/<grid point>/seed-<s>``. With ``[tune]`` each tuned cell first gets an
+optuna study on the validation split (:func:`~latticerec.experiment.tune.tune`, the model's
+``SEARCH_SPACE``, the cell's options fixed, no test read) in ``OUT/tune/<label>/<dataset>/<grid
+point>``, ``trials`` trials for every cell, so every tuned model gets the same budget; its runs then
+train with the study's best options on top of the cell's. The reference cell of a cell is the reference
 label's cell on the same dataset at the same global grid point (so the reference model has no
 grid of its own).
 """
@@ -49,7 +60,8 @@ from typing import Any
 from latticerec.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "datasets", "seeds", "reference", "metrics", "alpha", "options",
-            "grid", "models")
+            "grid", "tune", "models")
+TUNE_KEYS = ("trials", "metric", "epochs", "seed", "models")
 MODEL_KEYS = ("label", "model", "reference", "options", "grid")
 RESERVED = ("seed",)  # set by the spec's seeds, not as an option
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
@@ -66,6 +78,17 @@ class ModelEntry:
 
 
 @dataclass(frozen=True)
+class TuneSpec:
+    """The spec's ``[tune]`` table: the same optuna budget for every tuned cell."""
+
+    trials: int
+    metric: str = "recall@20"
+    epochs: int | None = None  # None: the runs' ``epochs`` option, else the training default
+    seed: int | None = None  # None: the spec's first seed
+    models: tuple[str, ...] | None = None  # None: every model whose class declares a SEARCH_SPACE
+
+
+@dataclass(frozen=True)
 class ExperimentSpec:
     path: str
     name: str
@@ -78,6 +101,7 @@ class ExperimentSpec:
     alpha: float = 0.05
     options: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
+    tune: TuneSpec | None = None
 
     def reference_of(self, label: str) -> str | None:
         """The label ``label``'s cells are tested against (``None``: none, or itself)."""
@@ -146,6 +170,38 @@ def _model(path, i: int, table) -> ModelEntry:
                       grid=_grid(path, where, table.get("grid", {}), "grid"))
 
 
+def _positive_int(path, where: str, value, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        _fail(path, where, f"{name} must be a positive integer, got {value!r}")
+    return value
+
+
+def _tune(path, table, labels: list[str]) -> TuneSpec:
+    from latticerec.experiment.tune import OBJECTIVES
+
+    if not isinstance(table, dict):
+        _fail(path, "tune", "expected a table ([tune])")
+    _check_keys(path, "tune", table, TUNE_KEYS)
+    if "trials" not in table:
+        _fail(path, "tune", "missing 'trials' (the optuna trials of every tuned cell)")
+    metric = table.get("metric", "recall@20")
+    if metric not in OBJECTIVES:
+        _fail(path, "tune", f"metric {metric!r}: expected one of {', '.join(OBJECTIVES)}")
+    seed = table.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        _fail(path, "tune", f"seed must be an integer in [0, 2**32), got {seed!r}")
+    models = table.get("models")
+    if models is not None:
+        models = _string_list(path, "tune", models, "models")
+        unknown = [m for m in models if m not in labels]
+        if unknown:
+            _fail(path, "tune", f"models {unknown}: not model labels ({', '.join(labels)})")
+    epochs = table.get("epochs")
+    return TuneSpec(trials=_positive_int(path, "tune", table["trials"], "trials"), metric=metric,
+                    epochs=None if epochs is None else _positive_int(path, "tune", epochs, "epochs"),
+                    seed=seed, models=models)
+
+
 def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
     """An :class:`ExperimentSpec` from the parsed TOML ``data`` (errors name ``path``)."""
     path = str(path)
@@ -184,7 +240,8 @@ def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
                           description=data.get("description", ""), reference=data.get("reference") or None,
                           metrics=metrics, alpha=float(alpha),
                           options=_options(path, "", data.get("options", {}), "options"),
-                          grid=_grid(path, "", data.get("grid", {}), "grid"))
+                          grid=_grid(path, "", data.get("grid", {}), "grid"),
+                          tune=_tune(path, data["tune"], labels) if "tune" in data else None)
     for m in models:
         ref = spec.reference_of(m.label)
         if ref is not None and ref not in labels:
@@ -225,18 +282,80 @@ def point_name(point: dict[str, Any]) -> str:
     return re.sub(r"[^A-Za-z0-9_.,=+-]", "_", text)
 
 
+@dataclass(frozen=True)
+class StudyTask:
+    """One tuned cell's optuna study (:func:`plan_studies`)."""
+
+    label: str
+    model: str
+    data: str
+    grid: dict[str, Any]
+    fixed: dict[str, Any]  # the cell's options, held fixed by the study
+    out: str  # the study's folder: study.db, trials/, best_config.json, best_trial.json
+    trials: int
+    metric: str
+    epochs: int
+    seed: int
+
+
+def _tuned(spec: ExperimentSpec, entry: ModelEntry) -> bool:
+    from latticerec.models.registry import get_model_class
+
+    if spec.tune is None:
+        return False
+    if spec.tune.models is not None:
+        return entry.label in spec.tune.models
+    return bool(getattr(get_model_class(entry.model), "SEARCH_SPACE", None))
+
+
+def plan_studies(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> list[StudyTask]:
+    """The optuna study of every tuned cell (``[tune]``; none without it), in the spec's order."""
+    from latticerec.train.build import resolve_config
+
+    studies = []
+    for entry, data, point in cells(spec):
+        if not _tuned(spec, entry):
+            continue
+        fixed = {**spec.options, **entry.options, **point, **(extra or {})}
+        epochs = spec.tune.epochs or int(resolve_config(entry.model, fixed).train.epochs)
+        fixed.pop("epochs", None)  # the trials' cap is the study's
+        folder = Path(out) / "tune" / entry.label / Path(data).name / point_name(point)
+        seed = spec.seeds[0] if spec.tune.seed is None else spec.tune.seed
+        studies.append(StudyTask(label=entry.label, model=entry.model, data=data, grid=point, fixed=fixed,
+                                 out=str(folder), trials=spec.tune.trials, metric=spec.tune.metric,
+                                 epochs=epochs, seed=seed))
+    return studies
+
+
+def tuned_options(spec: ExperimentSpec, study: StudyTask) -> dict[str, Any]:
+    """The options the study ``study`` chose (its ``best_config.json``), or a :class:`ConfigError`
+    naming the spec and the cell when the study has not finished."""
+    from latticerec.experiment.optfile import read_options_file
+
+    best = Path(study.out) / "best_config.json"
+    if not best.exists():
+        raise ConfigError(f"{spec.path}: models ({study.label}), {point_name(study.grid)}: tuned, but its "
+                          f"study has not finished ({best} is missing); run the experiment to tune it")
+    return read_options_file(best, study.model)
+
+
 def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> list:
     """Every run of ``spec`` as a :class:`~latticerec.experiment.runner.RunTask` (folders under
     ``out``), each config resolved against the registry now (errors name the spec file and the model).
-    ``extra``: options set on every run on top of the spec (``--set``)."""
+    ``extra``: options set on every run on top of the spec (``--set``). A tuned cell's runs take its
+    study's best options on top (:func:`tuned_options`: the studies must have run)."""
     from latticerec.experiment.runner import RunTask
     from latticerec.train.build import resolve_config
 
     if "seed" in (extra or {}):
         raise ConfigError(f"--set seed: the runs' seeds are the spec's 'seeds' list ({spec.path})")
+    studies = {(s.label, s.data, point_name(s.grid)): s for s in plan_studies(spec, out, extra)}
     tasks = []
     for entry, data, point in cells(spec):
         overrides = {**spec.options, **entry.options, **point, **(extra or {})}
+        study = studies.get((entry.label, data, point_name(point)))
+        if study is not None:
+            overrides.update(tuned_options(spec, study))
         try:
             resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
         except ConfigError as exc:

@@ -178,7 +178,8 @@ def _finish(study, model, data, out, metric, fixed, device, cache_dir, evaluate_
     write(out / "best_config.json", model, options)
     record = {"study": study.study_name, "model": model, "data": data, "metric": metric,
               "trials": states, "best_trial": best.number, "best_valid": best.value,
-              "best_options": options, "run_dir": best.user_attrs.get("run_dir"), "test": None}
+              "best_options": options, "best_params": dict(best.params),
+              "run_dir": best.user_attrs.get("run_dir"), "test": None}
     if evaluate_test:
         from latticerec.graphs.cache import KnnGraphCache
         from latticerec.train.build import resolve_device

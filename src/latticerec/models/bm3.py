@@ -53,6 +53,8 @@ class BM3(Recommender):
     """LightGCN ID encoder + modality projections + shared predictor, trained without negatives."""
 
     Config = BM3Config
+    SEARCH_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-3, 1.0), "dropout": ("float", 0.0, 0.5),
+                    "n_layers": ("int", 1, 2)}  # the paper's grids widened
     main_term = "rec"  # the loss term that measures fit (there is no BPR)
 
     def __init__(self, inputs: ModelInputs, modalities: tuple[str, ...] = (), embed_dim: int = 64,

@@ -72,6 +72,7 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from latticerec.graphs.sparse import INT32_LIMIT, csr_from_parts, row_indices, transpose_csr
+from latticerec.models.backbones import GRAPH_SPACE
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.mmgcn import MultimodalGraphConfig, modality_features
 
@@ -288,6 +289,7 @@ class GRCN(Recommender):
     """Routing-based edge scores, (soft) pruning, and a graph convolution on the refined graph."""
 
     Config = GRCNConfig
+    SEARCH_SPACE = {**GRAPH_SPACE, "n_layers": ("int", 1, 3)}
 
     def __init__(self, inputs: ModelInputs, modalities: tuple[str, ...] = (), embed_dim: int = 64,
                  n_layers: int = 2, reg: float = 1e-4, routing_iters: int = 3, content_dim: int = 64,

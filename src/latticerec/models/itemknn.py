@@ -77,6 +77,7 @@ class ItemKNN(Recommender):
     """Item-based CF: ``ŷ_ui = Σ_(j ∈ N_u) M_ij`` over the top-``k`` cosine neighbours ``M``."""
 
     Config = ItemKNNConfig
+    SEARCH_SPACE = {"knn_k": ("int", 10, 400)}
     trainable = False
     factorised = False
 

@@ -36,7 +36,7 @@ from torch import nn
 from latticerec.graphs.adjacency import bipartite_adjacency
 from latticerec.graphs.normalize import row_normalize_csr
 from latticerec.graphs.sparse import ConstantCSR, binary_pattern
-from latticerec.models.backbones import GraphConfig
+from latticerec.models.backbones import GRAPH_SPACE, GraphConfig
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.options import Modalities
 from latticerec.models.structure import feature_modalities
@@ -105,6 +105,7 @@ class MMGCN(Recommender):
     """A GCN per modality over the user-item graph; the modality representations are summed."""
 
     Config = MMGCNConfig
+    SEARCH_SPACE = {**GRAPH_SPACE, "n_layers": ("int", 1, 3)}
 
     def __init__(self, inputs: ModelInputs, modalities: tuple[str, ...] = (), embed_dim: int = 64,
                  n_layers: int = 2, reg: float = 1e-4, combination: str = "concat"):

@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from latticerec.graphs.fusion import fuse_features
-from latticerec.models.backbones import EmbeddingConfig
+from latticerec.models.backbones import EMBEDDING_SPACE, EmbeddingConfig
 from latticerec.models.base import ModelInputs, Recommender
 from latticerec.models.options import FeatureFusion, Modalities
 from latticerec.models.structure import feature_modalities
@@ -63,6 +63,7 @@ class VBPR(Recommender):
     """``ŷ_ui = β_i + γ_uᵀγ_i + θ_uᵀ(E f_i) + β'ᵀ f_i`` (eq. 4 without the per-user constants)."""
 
     Config = VBPRConfig
+    SEARCH_SPACE = {**EMBEDDING_SPACE, "content_reg": ("log", 1e-3, 1.0)}
 
     def __init__(self, n_users: int, features: torch.Tensor, embed_dim: int = 64, reg: float = 1e-4,
                  fusion: tuple[tuple[str, ...], str] = ((), "concat"), content_reg: float = 0.1):
