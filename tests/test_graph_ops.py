@@ -149,3 +149,27 @@ def test_values_spmm_backward_in_entry_chunks_equals_one_chunk_and_the_numerical
     chunked = torch.autograd.grad((product(vals, x) * w).sum(), (vals, x))
     assert all(torch.equal(a, b) for a, b in zip(whole, chunked, strict=True))
     assert torch.autograd.gradcheck(product, (vals, x))
+
+
+@pytest.mark.parametrize("n_layers", [0, 1, 3])
+def test_layer_mean_is_the_mean_of_the_layers_and_its_backward_is_the_transposed_sum(n_layers):
+    """LightGCN eq. 7-8 by Horner's rule in one autograd function, for a non-symmetric ``A`` (the
+    released row-normalised adjacency) too: values, gradcheck, and the transpose really used."""
+    from latticerec.graphs.sparse import layer_mean, transpose_csr
+
+    gen = torch.Generator().manual_seed(n_layers)
+    dense = torch.rand(7, 7, generator=gen, dtype=torch.float64) * (torch.rand(7, 7, generator=gen) < 0.4)
+    adj = dense.to_sparse_csr()
+    x = torch.randn(7, 3, generator=gen, dtype=torch.float64, requires_grad=True)
+    layers = [x]
+    for _ in range(n_layers):
+        layers.append(dense @ layers[-1])
+    assert torch.allclose(layer_mean(adj, x, n_layers, transpose_csr(adj)), torch.stack(layers).mean(0))
+    assert torch.autograd.gradcheck(lambda v: layer_mean(adj, v, n_layers, transpose_csr(adj)), (x,))
+    sym = (dense + dense.T).to_sparse_csr()  # adj_t None: A is its own transpose
+    assert torch.autograd.gradcheck(lambda v: layer_mean(sym, v, n_layers), (x,))
+    if n_layers:  # a wrong transpose gives a wrong gradient: the backward pass uses adj_t
+        wrong = layer_mean(adj, x, n_layers, adj)
+        g = torch.autograd.grad(wrong.sum(), x)[0]
+        right = torch.autograd.grad(layer_mean(adj, x, n_layers, transpose_csr(adj)).sum(), x)[0]
+        assert not torch.allclose(g, right)

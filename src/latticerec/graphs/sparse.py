@@ -93,6 +93,43 @@ def constant_spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None
     return adj @ x if add is None else torch.addmm(add, adj, x)
 
 
+class _LayerMean(torch.autograd.Function):
+    """``(Σ_{l=0..L} A^l X) / (L + 1)`` for a constant sparse ``A`` (LightGCN eq. 7-8) by Horner's
+    rule, ``X + A(X + A(X + …))``, one sparse ``addmm`` per layer with the ``1/(L+1)`` scale folded
+    into the last one. The backward pass is the same sum with ``Aᵀ``,
+    ``∂X = (Σ_l (Aᵀ)^l G) / (L + 1)``, also one ``addmm`` per layer: no per-layer gradient is
+    zero-filled and accumulated, as autograd through the ``L`` products would do."""
+
+    @staticmethod
+    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+        ctx.adj_t, ctx.n_layers = adj_t, n_layers
+        return _horner(adj, x, n_layers)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return None, None, _horner(ctx.adj_t, grad.contiguous(), ctx.n_layers), None
+
+
+def _horner(adj: torch.Tensor, x: torch.Tensor, n_layers: int) -> torch.Tensor:
+    scale = 1.0 / (n_layers + 1)
+    if n_layers == 0:
+        return x * scale
+    total = x
+    for layer in range(n_layers):
+        last = layer == n_layers - 1
+        total = torch.addmm(x, adj, total, beta=scale if last else 1.0, alpha=scale if last else 1.0)
+    return total
+
+
+def layer_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int,
+               adj_t: torch.Tensor | None = None) -> torch.Tensor:
+    """``(Σ_{l=0..L} A^l X) / (L + 1)`` for a constant sparse ``A`` (``adj_t`` its transpose; ``None``:
+    ``A`` symmetric), differentiable in ``X`` (:class:`_LayerMean`)."""
+    if x.requires_grad:
+        return _LayerMean.apply(adj, adj if adj_t is None else adj_t, x, n_layers)
+    return _horner(adj, x, n_layers)
+
+
 def transpose_csr(adj: torch.Tensor) -> torch.Tensor:
     """``adjᵀ`` of a sparse CSR tensor, as CSR (columns sorted within each row)."""
     return adj.t().to_sparse_csr()

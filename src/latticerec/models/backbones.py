@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency, released_bipartite_adjacency
-from latticerec.graphs.sparse import compact_indices, constant_spmm, transpose_csr
+from latticerec.graphs.sparse import compact_indices, constant_spmm, layer_mean, transpose_csr
 from latticerec.models.base import ModelInputs, Recommender
 
 # Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
@@ -144,13 +144,10 @@ class LightGCN(Backbone):
 
     def propagate_with(self, item_ego):
         """Eq. 7-8 by Horner's rule: ``Σ_{l=0..L} Â^l E = E + Â(E + Â(E + …))``, one sparse
-        ``addmm`` per layer and no layer kept for the sum (the same value as summing the layers)."""
+        ``addmm`` per layer and no layer kept for the sum (the same value as summing the layers);
+        the backward pass likewise (:func:`~latticerec.graphs.sparse.layer_mean`)."""
         x = torch.cat([self.user_embedding.weight, item_ego], dim=0)
-        total = x
-        for _ in range(self.n_layers):
-            total = constant_spmm(self.adj, total, self.adj_t, add=x)
-        out = total / (self.n_layers + 1)
-        return out.split([self.n_users, self.n_items])
+        return layer_mean(self.adj, x, self.n_layers, self.adj_t).split([self.n_users, self.n_items])
 
 
 class NGCF(Backbone):
