@@ -213,11 +213,13 @@ def _worker_init(threads: int, parent: int | None = None) -> None:
     torch.set_num_threads(threads)
 
 
-def _run_task_safe(task: RunTask, device: str, cache_dir: str | None) -> dict:
+def _safely(fn, item, device: str, cache_dir: str | None) -> dict:
+    """``fn(item, ...)``, or a ``failed`` outcome naming ``item.run_dir`` when it raises a known error
+    (a pool worker must not die of one: the other runs go on)."""
     try:
-        return run_task(task, device, cache_dir)
+        return fn(item, device, cache_dir)
     except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
-        return {"run_dir": task.run_dir, "state": "failed", "error": str(exc)}
+        return {"run_dir": item.run_dir, "state": "failed", "error": str(exc)}
 
 
 def run_study(study, device: str = "cpu", cache_dir: str | None = None) -> dict:
@@ -230,20 +232,14 @@ def run_study(study, device: str = "cpu", cache_dir: str | None = None) -> dict:
     record = tune(study.model, study.data, study.trials, study.out, metric=study.metric,
                   epochs=study.epochs, fixed=study.fixed, seed=study.seed, device=device,
                   cache_dir=cache_dir, evaluate_test=False, log=lambda m: None)
-    return {"run_dir": study.out, "state": "tuned", "best_valid": record["best_valid"],
+    return {"run_dir": study.run_dir, "state": "tuned", "best_valid": record["best_valid"],
             "trials": sum(record["trials"].values()), "seconds": round(time.perf_counter() - start, 2)}
 
 
-def _run_study_safe(study, device: str, cache_dir: str | None) -> dict:
-    try:
-        return run_study(study, device, cache_dir)
-    except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
-        return {"run_dir": study.out, "state": "failed", "error": str(exc)}
-
-
 def _in_pool(fn, items: list, jobs: int, device: str, cache_dir: str | None, log, describe) -> list[dict]:
-    """``fn(item, device, cache_dir)`` for every item, in this process (``jobs`` 1) or in a pool of
-    ``jobs`` worker processes; ``log`` gets ``describe(index, outcome)`` for each as it ends."""
+    """``fn(item, device, cache_dir)`` for every item (:func:`_safely`), in this process (``jobs`` 1)
+    or in a pool of ``jobs`` worker processes; ``log`` gets ``describe(index, outcome)`` for each as
+    it ends."""
     outcomes = []
 
     def note(i: int, out: dict) -> None:
@@ -252,7 +248,7 @@ def _in_pool(fn, items: list, jobs: int, device: str, cache_dir: str | None, log
 
     if jobs <= 1:
         for i, item in enumerate(items):
-            note(i, fn(item, device, cache_dir))
+            note(i, _safely(fn, item, device, cache_dir))
         return outcomes
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -260,7 +256,7 @@ def _in_pool(fn, items: list, jobs: int, device: str, cache_dir: str | None, log
     threads = max(1, (os.cpu_count() or 1) // jobs)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
                              initializer=_worker_init, initargs=(threads, os.getpid())) as pool:
-        futures = {pool.submit(fn, item, device, cache_dir): i for i, item in enumerate(items)}
+        futures = {pool.submit(_safely, fn, item, device, cache_dir): i for i, item in enumerate(items)}
         for fut in as_completed(futures):
             note(futures[fut], fut.result())
     return outcomes
@@ -275,7 +271,7 @@ def run_studies(studies: list, jobs: int = 1, device: str = "cpu", cache_dir: st
             return f"{studies[i].out}: FAILED: {out.get('error')}"
         return f"{studies[i].out}: study of {out['trials']} trials, best valid {out['best_valid']:.4f}"
 
-    return _in_pool(_run_study_safe, studies, jobs, device, cache_dir, log, describe)
+    return _in_pool(run_study, studies, jobs, device, cache_dir, log, describe)
 
 
 def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_dir: str | None = None,
@@ -288,4 +284,4 @@ def run_tasks(tasks: list[RunTask], jobs: int = 1, device: str = "cpu", cache_di
                 "reused": f"copied from the finished run {tasks[i].reuse_from}"}.get(out["state"], "trained")
         return f"{tasks[i].run_dir}: {what}"
 
-    return _in_pool(_run_task_safe, tasks, jobs, device, cache_dir, log, describe)
+    return _in_pool(run_task, tasks, jobs, device, cache_dir, log, describe)

@@ -297,6 +297,11 @@ class StudyTask:
     epochs: int
     seed: int
 
+    @property
+    def run_dir(self) -> str:
+        """The study's folder (named like a run's, for the runner's outcomes)."""
+        return self.out
+
 
 def _tuned(spec: ExperimentSpec, entry: ModelEntry) -> bool:
     from latticerec.models.registry import get_model_class
