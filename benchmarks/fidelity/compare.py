@@ -143,9 +143,16 @@ def plot(path: Path, model: str, original: dict, runs: dict[str, dict]) -> None:
         xs = [p["epoch"] for p in src["curve"]]
         ys = [p["valid_recall@20"] for p in src["curve"]]
         ax.plot(xs, ys, style, label=label, markersize=5 if style == "o-" else 3)
+    save_curves(fig, ax, f"{model.upper()} on TikTok: released code vs latticerec", path)
+
+
+def save_curves(fig, ax, title: str, path: Path) -> None:
+    """Label the validation-curve axes, write the figure as PNG at ``path`` and close it."""
+    import matplotlib.pyplot as plt
+
     ax.set_xlabel("epochs trained")
     ax.set_ylabel("validation Recall@20")
-    ax.set_title(f"{model.upper()} on TikTok: released code vs latticerec")
+    ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

@@ -19,7 +19,8 @@ import statistics
 import sys
 from pathlib import Path
 
-from compare import ROOT, fmt, parse_latticerec, parse_original, rel_gap  # benchmarks/fidelity/compare.py
+# benchmarks/fidelity/compare.py
+from compare import ROOT, fmt, parse_latticerec, parse_original, rel_gap, save_curves
 
 
 def _curve(src: dict) -> dict[int, float]:
@@ -89,15 +90,7 @@ def plot(path: Path, model: str, pairs: dict[int, tuple[dict, dict]]) -> None:
         epochs = sorted(set.intersection(*(set(c) for c in curves)))
         ax.plot(epochs, [statistics.mean(c[e] for c in curves) for e in epochs], "o-", color=colour,
                 markersize=3, label=f"{side}, mean of {len(curves)} seeds")
-    ax.set_xlabel("epochs trained")
-    ax.set_ylabel("validation Recall@20")
-    ax.set_title(f"{model.upper()} on TikTok: released code vs latticerec, per seed and mean")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_curves(fig, ax, f"{model.upper()} on TikTok: released code vs latticerec, per seed and mean", path)
 
 
 def main(argv=None) -> int:
