@@ -89,7 +89,8 @@ def _common(p) -> None:
 def add_experiment_parser(sub) -> None:
     """Register the workbench commands on the CLI's sub-command parser."""
     e = sub.add_parser("experiment", help="run an experiment spec (models x datasets x seeds x options): "
-                       "results.csv, summary.md with paired tests against a reference model")
+                       "results.csv, summary.md with paired tests against a reference model; a spec "
+                       "with [tune] first tunes every model on validation with the same optuna budget")
     e.add_argument("spec", metavar="SPEC.toml", help="experiment spec (configs/experiments/*.toml)")
     e.add_argument("--jobs", type=_positive, default=1, help="runs trained at once (processes)")
     e.add_argument("--out", help="output folder (default runs/experiments/<spec name>)")
