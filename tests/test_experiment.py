@@ -390,3 +390,12 @@ def test_a_tuned_cell_whose_study_has_not_run_is_not_planned(tmp_path):
     spec = load_spec(write_spec(tmp_path, TUNED))
     with pytest.raises(ConfigError, match="mf.*tuned, but its study has not finished"):
         plan(spec, tmp_path / "out")
+
+
+def test_a_bad_option_of_a_tuned_cell_names_the_spec_and_the_model(tmp_path):
+    from latticerec.experiment.spec import plan_studies
+
+    spec = load_spec(write_spec(tmp_path, TUNED.replace("options = { embed_dim = 8 }",
+                                                        "options = { embed_dim = 0 }")))
+    with pytest.raises(ConfigError, match=r"spec\.toml: models \(mf\), default: .*embed_dim"):
+        plan_studies(spec, tmp_path / "out")

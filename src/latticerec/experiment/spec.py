@@ -322,7 +322,11 @@ def plan_studies(spec: ExperimentSpec, out: str | Path, extra: dict | None = Non
         if not _tuned(spec, entry):
             continue
         fixed = {**spec.options, **entry.options, **point, **(extra or {})}
-        epochs = spec.tune.epochs or int(resolve_config(entry.model, fixed).train.epochs)
+        try:  # the cell's options checked now, before any trial
+            epochs = spec.tune.epochs or int(resolve_config(entry.model, fixed).train.epochs)
+            resolve_config(entry.model, {**fixed, "epochs": epochs})
+        except ConfigError as exc:
+            raise ConfigError(f"{spec.path}: models ({entry.label}), {point_name(point)}: {exc}") from None
         fixed.pop("epochs", None)  # the trials' cap is the study's
         folder = Path(out) / "tune" / entry.label / Path(data).name / point_name(point)
         seed = spec.seeds[0] if spec.tune.seed is None else spec.tune.seed
