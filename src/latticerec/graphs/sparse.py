@@ -67,30 +67,25 @@ def row_indices(crow: torch.Tensor) -> torch.Tensor:
 
 
 class _ConstantSpmm(torch.autograd.Function):
-    """``B + A @ X`` (or ``A @ X``) for a constant sparse ``A`` whose transpose is given: the backward
-    pass is ``Aᵀ @ grad`` without transposing a CSR matrix at every call (``Aᵀ = A`` when
-    symmetric), and ``grad`` itself for ``B``."""
+    """``A @ X`` for a constant sparse ``A`` whose transpose is given: the backward pass is
+    ``Aᵀ @ grad`` without transposing a CSR matrix at every call (``Aᵀ = A`` when symmetric)."""
 
     @staticmethod
-    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor,
-                add: torch.Tensor | None) -> torch.Tensor:
+    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         ctx.adj_t = adj_t
-        return adj @ x if add is None else torch.addmm(add, adj, x)
+        return adj @ x
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
-        g_x = ctx.adj_t @ grad if ctx.needs_input_grad[2] else None
-        return None, None, g_x, grad if ctx.needs_input_grad[3] else None
+        return None, None, ctx.adj_t @ grad
 
 
-def constant_spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None,
-                  add: torch.Tensor | None = None) -> torch.Tensor:
-    """Product of a constant sparse matrix with a dense matrix, ``adj @ x``, or ``add + adj @ x``
-    in one sparse ``addmm`` (no separate sum) when ``add`` is given; differentiable in ``x`` and
-    ``add``. ``adj_t`` is ``adjᵀ`` precomputed once (``None``: ``adj`` is symmetric)."""
-    if x.requires_grad or (add is not None and add.requires_grad):
-        return _ConstantSpmm.apply(adj, adj if adj_t is None else adj_t, x, add)
-    return adj @ x if add is None else torch.addmm(add, adj, x)
+def constant_spmm(adj: torch.Tensor, x: torch.Tensor, adj_t: torch.Tensor | None = None) -> torch.Tensor:
+    """Product of a constant sparse matrix with a dense matrix, ``adj @ x``, differentiable in ``x``.
+    ``adj_t`` is ``adjᵀ`` precomputed once (``None``: ``adj`` is symmetric)."""
+    if x.requires_grad:
+        return _ConstantSpmm.apply(adj, adj if adj_t is None else adj_t, x)
+    return adj @ x
 
 
 class _LayerMean(torch.autograd.Function):
