@@ -33,7 +33,7 @@ from typing import Literal
 import torch
 
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency
-from latticerec.graphs.sparse import constant_spmm, csr_from_parts, row_indices
+from latticerec.graphs.sparse import csr_from_parts, layer_mean, row_indices
 from latticerec.models.backbones import GraphConfig, LightGCN
 from latticerec.models.base import ModelInputs
 from latticerec.models.losses import cross_view_info_nce
@@ -114,11 +114,9 @@ class SGL(LightGCN):
 
     def encode(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The shared LightGCN encoder (eq. 1-3) over the graph ``adj``: the mean of layers 0..L."""
-        layers = [torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)]
-        for _ in range(self.n_layers):
-            layers.append(constant_spmm(adj, layers[-1]))  # a view's Â is symmetric too
-        out = torch.stack(layers).mean(0)
-        return out[: self.n_users], out[self.n_users:]
+        x = torch.cat([self.user_embedding.weight, self.item_embedding.weight], dim=0)
+        # every view's Â is symmetric: its own transpose in the backward pass
+        return layer_mean(adj, x, self.n_layers).split([self.n_users, self.n_items])
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = self.bpr_terms(*self.propagate(), users, pos, neg)
