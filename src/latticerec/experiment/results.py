@@ -98,11 +98,10 @@ def seed_matched_test(runs_a: dict[int, dict], runs_b: dict[int, dict], metric: 
     return paired_test(np.mean([a for a, _ in pairs], axis=0), np.mean([b for _, b in pairs], axis=0)), seeds
 
 
-def _study_record(out: Path | None, key: tuple) -> dict | None:
+def _study_record(out: str | Path | None, key: tuple) -> dict | None:
     """A tuned cell's study (``OUT/tune/<label>/<dataset>/<point>/best_trial.json``): trials, the
     best validation value and the options its runs took; ``None`` for a cell that was not tuned."""
-    path = None if out is None else Path(out, "tune", *key, "best_trial.json")
-    if path is None or not path.exists():
+    if out is None or not (path := Path(out, "tune", *key, "best_trial.json")).exists():
         return None
     record = json.loads(path.read_text(encoding="utf-8"))
     keep = ("metric", "trials", "best_trial", "best_valid", "best_options", "best_params")
@@ -126,7 +125,7 @@ def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> d
                       "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
                       "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
                       "reference": spec.reference_of(key[0]), "tests": {},
-                      "tuning": _study_record(None if out is None else Path(out), key)})
+                      "tuning": _study_record(out, key)})
     for cell in cells:
         if cell["reference"] is not None:
             _test_cell(spec, cell, by_cell)
