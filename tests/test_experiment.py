@@ -399,3 +399,28 @@ def test_a_bad_option_of_a_tuned_cell_names_the_spec_and_the_model(tmp_path):
                                                         "options = { embed_dim = 0 }")))
     with pytest.raises(ConfigError, match=r"spec\.toml: models \(mf\), default: .*embed_dim"):
         plan_studies(spec, tmp_path / "out")
+
+
+def test_models_and_datasets_run_part_of_the_grid_and_the_results_cover_every_finished_run(tmp_path, capsys):
+    path, out = write_spec(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0]")), tmp_path / "out"
+    assert main(["experiment", str(path), "--out", str(out), "--models", "mf", "--set", "epochs=1"]) == 0
+    assert [r["label"] for r in csv.DictReader((out / "results.csv").open())] == ["mf"]
+    assert not (out / "runs" / "lightgcn").exists()
+    assert main(["experiment", str(path), "--out", str(out), "--models", "lightgcn",
+                 "--datasets", "synthetic", "--set", "epochs=1"]) == 0
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert sorted((r["label"], r["point"]) for r in rows) == [
+        ("lightgcn", "n_layers=1"), ("lightgcn", "n_layers=2"), ("mf", "default")]
+    assert "| lightgcn | n_layers=2 | 1/1 |" in (out / "summary.md").read_text()
+    capsys.readouterr()
+    assert main(["experiment", str(path), "--out", str(out), "--models", "ngcf"]) == 2
+    err = capsys.readouterr().err
+    assert "--models ngcf: not in the spec (it has: mf, lightgcn)" in err and str(path) in err
+    assert main(["experiment", str(path), "--out", str(out), "--datasets", "baby"]) == 2
+    assert "--datasets baby: not in the spec (it has: synthetic)" in capsys.readouterr().err
+
+
+def test_a_partial_grid_leaves_out_the_tuned_cells_whose_study_has_not_run(tmp_path):
+    spec = load_spec(write_spec(tmp_path, TUNED))
+    tasks = plan(spec, tmp_path / "out", untuned="skip")
+    assert [(t.label, t.seed) for t in tasks] == [("pop", 0), ("pop", 1)]

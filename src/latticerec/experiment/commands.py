@@ -18,10 +18,11 @@ def _set_options(groups) -> dict:
 def cmd_experiment(args) -> int:
     from latticerec.experiment.results import write_results
     from latticerec.experiment.runner import attach_reuse, run_studies, run_tasks
-    from latticerec.experiment.spec import load_spec, plan, plan_studies
+    from latticerec.experiment.spec import load_spec, plan, plan_studies, restrict
 
-    spec = load_spec(args.spec)
-    out = Path(args.out or Path("runs") / "experiments" / spec.name)
+    whole = load_spec(args.spec)
+    spec = restrict(whole, args.models, args.datasets)
+    out = Path(args.out or Path("runs") / "experiments" / whole.name)
     extra = _set_options(args.set)
     studies = plan_studies(spec, out, extra)
     if studies:
@@ -39,11 +40,13 @@ def cmd_experiment(args) -> int:
           + (f"; {reusable} can be copied from --reuse" if args.reuse else "") + ")", file=sys.stderr)
     outcomes = run_tasks(tasks, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
                          log=lambda m: print(m, file=sys.stderr))
-    written = write_results(spec, tasks, out)
+    if spec is not whole:  # the results cover every finished run of the whole grid
+        tasks = plan(whole, out, extra=extra, untuned="skip")
+    written = write_results(whole, tasks, out)
     print(f"wrote {written['csv']} and {written['summary']}")
     failed = [o for o in outcomes if o["state"] == "failed"]
     if failed:
-        raise LatticeRecError(f"{len(failed)} of {len(tasks)} runs failed (rerun the command to retry "
+        raise LatticeRecError(f"{len(failed)} of {len(outcomes)} runs failed (rerun the command to retry "
                               f"them): " + "; ".join(f"{o['run_dir']}: {o['error']}" for o in failed))
     return 0
 
@@ -101,6 +104,11 @@ def add_experiment_parser(sub) -> None:
                    help="copy a planned run from a finished run with the same model, data and "
                    "options found under DIR (e.g. another experiment's output) instead of training "
                    "it again; repeatable")
+    e.add_argument("--models", nargs="+", metavar="LABEL",
+                   help="run only these model labels of the spec (results.csv and summary.md still "
+                   "cover every finished run of the grid)")
+    e.add_argument("--datasets", nargs="+", metavar="NAME",
+                   help="run only these datasets of the spec (folder name or path as the spec gives it)")
     _common(e)
     e.set_defaults(func=cmd_experiment)
 

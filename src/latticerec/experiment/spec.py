@@ -348,11 +348,34 @@ def tuned_options(spec: ExperimentSpec, study: StudyTask) -> dict[str, Any]:
     return read_options_file(best, study.model)
 
 
-def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> list:
+def restrict(spec: ExperimentSpec, labels=None, datasets=None) -> ExperimentSpec:
+    """``spec`` cut to the model ``labels`` and the ``datasets`` (a dataset by its path as the spec
+    writes it or by its folder name); ``None`` keeps all. The runs keep their folders, so a grid can
+    be run part by part into one output (``experiment --models/--datasets``)."""
+    import dataclasses
+
+    def pick(option: str, wanted, known: list[str], name=lambda v: v) -> list[str]:
+        if wanted is None:
+            return known
+        unknown = [w for w in wanted if not any(w in (k, name(k)) for k in known)]
+        if unknown:
+            _fail(spec.path, "", f"{option} {' '.join(unknown)}: not in the spec (it has: "
+                  f"{', '.join(name(k) for k in known)})")
+        return [k for k in known if any(w in (k, name(k)) for w in wanted)]
+
+    keep = set(pick("--models", labels, [m.label for m in spec.models]))
+    data = pick("--datasets", datasets, list(spec.datasets), lambda d: Path(d).name)
+    return dataclasses.replace(spec, models=tuple(m for m in spec.models if m.label in keep),
+                               datasets=tuple(data))
+
+
+def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None, *,
+         untuned: str = "raise") -> list:
     """Every run of ``spec`` as a :class:`~latticerec.experiment.runner.RunTask` (folders under
     ``out``), each config resolved against the registry now (errors name the spec file and the model).
     ``extra``: options set on every run on top of the spec (``--set``). A tuned cell's runs take its
-    study's best options on top (:func:`tuned_options`: the studies must have run)."""
+    study's best options on top (:func:`tuned_options`: the studies must have run; with ``untuned=
+    "skip"`` the cells of a study that has not finished are left out instead)."""
     from latticerec.experiment.runner import RunTask
     from latticerec.train.build import resolve_config
 
@@ -364,6 +387,8 @@ def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None) -> li
         overrides = {**spec.options, **entry.options, **point, **(extra or {})}
         study = studies.get((entry.label, data, point_name(point)))
         if study is not None:
+            if untuned == "skip" and not (Path(study.out) / "best_config.json").exists():
+                continue
             overrides.update(tuned_options(spec, study))
         try:
             resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
