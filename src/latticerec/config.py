@@ -162,7 +162,10 @@ class TrainConfig:
     (``none``: gradients reset to ``None``, so Adam skips a parameter without gradient in a batch;
     ``zeros``: reset to zero, so Adam still moves it with its momentum, as under torch 1.5) and
     ``reg_on`` (``ego``: L2 on the batch's layer-0 ID embeddings; ``final``: on the final batch
-    representations that enter the BPR scores, as the released code). ``rebuild_on_eval``: the
+    representations that enter the BPR scores, as the released code). ``rank_loss``: the ranking
+    term, ``bpr`` (the papers') or ``softmax`` (in-batch sampled softmax at temperature
+    ``rank_tau``, ``models.losses.sampled_softmax_loss``; models with a loss of their own take bpr
+    only). ``rebuild_on_eval``: the
     learned item graphs are rebuilt from the current projections (without gradient) before every
     validation and test evaluation, as the released code's ``Trainer.test``. ``eval_phase``: validate
     after the epochs ``e`` (1-based count of finished epochs) with ``e % eval_every == eval_phase %
@@ -187,13 +190,16 @@ class TrainConfig:
     lr_schedule: str = "constant"
     zero_grad: str = "none"
     reg_on: str = "ego"
+    rank_loss: str = "bpr"
+    rank_tau: float = 1.0
     protocol: str = "latticerec"
     rebuild_on_eval: bool = False
 
     # (name, allowed values) of the string options
     CHOICES = (("ndcg", ("standard", "legacy")), ("sampler", ("interaction", "user")),
                ("lr_schedule", ("constant", "released")), ("zero_grad", ("none", "zeros")),
-               ("reg_on", ("ego", "final")), ("protocol", ("latticerec", "released")))
+               ("reg_on", ("ego", "final")), ("rank_loss", ("bpr", "softmax")),
+               ("protocol", ("latticerec", "released")))
     # (name, smallest, largest): sizes bounded so a typo cannot ask for terabytes of memory
     INT_RANGES = (("batch_size", 1, 2**24), ("epochs", 1, 10**7), ("eval_every", 1, 10**7),
                   ("eval_phase", 0, 10**7),
@@ -203,6 +209,9 @@ class TrainConfig:
     def __post_init__(self):
         if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
+        if not (isinstance(self.rank_tau, int | float) and not isinstance(self.rank_tau, bool)
+                and math.isfinite(self.rank_tau) and 0.01 <= self.rank_tau <= 100):
+            raise ValueError(f"rank_tau must be a number in [0.01, 100], got {self.rank_tau!r}")
         for name, low, high in self.INT_RANGES:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from latticerec.graphs.knn import knn_graph
-from latticerec.models.losses import bpr_loss, l2_regularizer
+from latticerec.models.losses import bpr_loss, l2_regularizer, sampled_softmax_loss
 
 
 @dataclass(frozen=True)
@@ -54,6 +54,10 @@ class Recommender(nn.Module):
 
     reg_weight: float = 0.0
     reg_on: str = "ego"  # "ego" | "final": what the L2 penalty applies to (the trainer sets it)
+    rank_loss: str = "bpr"  # "bpr" | "softmax": the ranking term of bpr_terms (the trainer sets it)
+    rank_tau: float = 1.0  # the softmax's temperature (the trainer sets it)
+    # the ranking losses the model trains with: a model with a loss of its own (not bpr_terms) has bpr only
+    RANK_LOSSES: tuple[str, ...] = ("bpr", "softmax")
     factorised: bool = True  # False: scores come from ``score_users``, not ``propagate()``
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:  # pragma: no cover - abstract
@@ -74,14 +78,18 @@ class Recommender(nn.Module):
 
     def bpr_terms(self, user_all: torch.Tensor, item_all: torch.Tensor, users: torch.Tensor,
                   pos: torch.Tensor, neg: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``bpr`` (batch mean over the propagated representations) and ``reg``: the loss of every
-        model, to which a model may add its own terms.
+        """``bpr`` (batch mean over the propagated representations; ``softmax`` instead with
+        ``rank_loss == "softmax"``: :func:`~latticerec.models.losses.sampled_softmax_loss`) and
+        ``reg``: the loss of every model, to which a model may add its own terms.
 
         ``reg = reg_weight · ½(‖u‖² + ‖p‖² + ‖n‖²) / B`` over the batch rows of the layer-0 ID
         embeddings (``reg_on == "ego"``) or of the final representations ``user_all``/``item_all``
         that enter the BPR scores (``reg_on == "final"``, the released LATTICE/MICRO code)."""
         u, (p, n) = user_all[users], pair_rows(item_all, pos, neg)
-        terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
+        if self.rank_loss == "softmax":
+            terms = {"softmax": sampled_softmax_loss(u, p, n, pos, neg, self.rank_tau)}
+        else:
+            terms = {"bpr": bpr_loss((u * p).sum(-1), (u * n).sum(-1))}
         if self.reg_on == "final":
             terms["reg"] = self.reg_weight * l2_regularizer(u, p, n)
         else:

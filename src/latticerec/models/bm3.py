@@ -52,6 +52,8 @@ class BM3Config(MultimodalGraphConfig):
 class BM3(Recommender):
     """LightGCN ID encoder + modality projections + shared predictor, trained without negatives."""
 
+    RANK_LOSSES = ("bpr",)  # its own loss, not bpr_terms
+
     Config = BM3Config
     SEARCH_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-3, 1.0), "dropout": ("float", 0.0, 0.5),
                     "n_layers": ("int", 1, 2)}  # the paper's grids widened

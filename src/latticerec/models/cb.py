@@ -35,6 +35,8 @@ class CBConfig(Modalities, FeatureFusion):
 class ContentBased(Recommender):
     """User profile = mean of the user's item features; score = cosine (no training)."""
 
+    RANK_LOSSES = ("bpr",)  # its own loss, not bpr_terms
+
     Config = CBConfig
     trainable = False
 

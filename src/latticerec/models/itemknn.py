@@ -76,6 +76,8 @@ def item_cosine_knn(train: torch.Tensor, k: int, block_rows: int | None = None) 
 class ItemKNN(Recommender):
     """Item-based CF: ``ŷ_ui = Σ_(j ∈ N_u) M_ij`` over the top-``k`` cosine neighbours ``M``."""
 
+    RANK_LOSSES = ("bpr",)  # its own loss, not bpr_terms
+
     Config = ItemKNNConfig
     SEARCH_SPACE = {"knn_k": ("int", 10, 400)}
     trainable = False

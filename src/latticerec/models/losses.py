@@ -15,6 +15,27 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
     return -F.logsigmoid(pos_scores - neg_scores).mean()
 
 
+def sampled_softmax_loss(u: torch.Tensor, pos_rows: torch.Tensor, neg_rows: torch.Tensor,
+                         pos: torch.Tensor, neg: torch.Tensor, tau: float) -> torch.Tensor:
+    """In-batch sampled softmax loss, mean over the batch (an alternative to BPR, ``rank_loss=softmax``).
+
+    ``L = -mean_b log( exp(u_b·p_b/τ) / Σ_{j ∈ C} exp(u_b·i_j/τ) )`` over the candidates ``C``: the
+    batch's positive items and its sampled negatives (``2B`` items; every row's positive is a negative
+    of the other rows, as in sampled-softmax training of two-tower and graph recommenders, e.g. Wu et
+    al., "On the Effectiveness of Sampled Softmax Loss for Item Recommendation", TOIS 2024). A
+    candidate that is the row's own positive item at another position (the same item drawn twice in
+    the batch) is left out, so an item is never its own negative. ``u``: ``B x d`` user rows,
+    ``pos_rows``/``neg_rows``: ``B x d`` item rows, ``pos``/``neg``: their item ids. Scores are the
+    model's dot products, so ranking at evaluation is unchanged."""
+    cand = torch.cat([pos_rows, neg_rows])
+    logits = (u @ cand.T) / tau
+    ids = torch.cat([pos, neg])
+    rows = torch.arange(u.shape[0], device=u.device)
+    twin = ids.unsqueeze(0) == pos.unsqueeze(1)
+    twin[rows, rows] = False
+    return F.cross_entropy(logits.masked_fill(twin, float("-inf")), rows)
+
+
 def l2_regularizer(*embeddings: torch.Tensor) -> torch.Tensor:
     """``½ Σ ||e||² / batch``: the L2 penalty on the embeddings of a batch (LATTICE/NGCF code).
 

@@ -25,6 +25,8 @@ class PopConfig:
 class Popularity(Recommender):
     """``ŷ_ui = n_i``, the number of training users of item ``i`` (the same list for every user)."""
 
+    RANK_LOSSES = ("bpr",)  # its own loss, not bpr_terms
+
     Config = PopConfig
     trainable = False
     personalised = False  # one ranking for every user

@@ -62,6 +62,8 @@ class VBPRConfig(EmbeddingConfig, Modalities, FeatureFusion):
 class VBPR(Recommender):
     """``ŷ_ui = β_i + γ_uᵀγ_i + θ_uᵀ(E f_i) + β'ᵀ f_i`` (eq. 4 without the per-user constants)."""
 
+    RANK_LOSSES = ("bpr",)  # its own loss, not bpr_terms
+
     Config = VBPRConfig
     SEARCH_SPACE = {**EMBEDDING_SPACE, "content_reg": ("log", 1e-3, 1.0)}
 

@@ -103,10 +103,13 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
         train_values, model_values, backbone_values = split_overrides(
             values, TrainConfig, cls.Config, bcls.Config)
         backbone_cfg = make_config(bcls.Config, backbone_values, where=f"backbone {backbone}")
+    train = make_config(TrainConfig, train_values, where="training")
+    if train.rank_loss not in cls.RANK_LOSSES:
+        raise ConfigError(f"rank_loss={train.rank_loss}: model {model} trains with a loss of its own "
+                          f"(rank_loss {' or '.join(cls.RANK_LOSSES)} only)")
     return RunConfig(model=model,
                      model_config=make_config(cls.Config, model_values, where=f"model {model}"),
-                     train=make_config(TrainConfig, train_values, where="training"),
-                     backbone_config=backbone_cfg)
+                     train=train, backbone_config=backbone_cfg)
 
 
 # options renamed since runs were first saved: (model, old key) -> new key

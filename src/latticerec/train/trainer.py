@@ -135,6 +135,7 @@ class _Loop:
         for module in model.modules():  # a wrapping model's backbone too
             if isinstance(module, Recommender):
                 module.reg_on = cfg.reg_on
+                module.rank_loss, module.rank_tau = cfg.rank_loss, float(cfg.rank_tau)
 
     def running(self) -> bool:
         return self.trainable and self.state.epoch < self.cfg.epochs and not self.state.stopped_early
