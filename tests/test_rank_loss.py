@@ -61,3 +61,17 @@ def test_a_model_with_its_own_loss_refuses_softmax(name):
 def test_a_bad_temperature_is_an_error(value):
     with pytest.raises(ConfigError, match="rank_tau"):
         resolve_config("lightgcn", {"rank_loss": "softmax", "rank_tau": value})
+
+
+def test_the_fused_loss_has_autograds_gradient_and_finds_every_twin():
+    from latticerec.models.losses import _SampledSoftmax, _twins
+
+    torch.manual_seed(0)
+    pos, neg = torch.tensor([2, 5, 2, 7, 5, 2]), torch.tensor([5, 1, 3, 2, 0, 6])
+    ids = torch.cat([pos, neg])
+    rows, cols = _twins(pos, ids)
+    expected = {(b, j) for b in range(6) for j in range(12) if j != b and ids[j] == pos[b]}
+    assert set(zip(rows.tolist(), cols.tolist(), strict=True)) == expected
+    u = torch.randn(6, 3, dtype=torch.float64, requires_grad=True)
+    cand = torch.randn(12, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, b: _SampledSoftmax.apply(a, b, rows, cols, 0.7), (u, cand))

@@ -15,6 +15,54 @@ def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor
     return -F.logsigmoid(pos_scores - neg_scores).mean()
 
 
+def _twins(pos: torch.Tensor, ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(rows, cols)`` of the candidates ``ids[col]`` equal to ``pos[row]`` at another position
+    (``col != row``): the same item drawn twice in a batch. Found by sorting (``O(B log B)``), not
+    by a ``B x 2B`` comparison."""
+    order = ids.argsort()
+    ordered = ids[order]
+    lo = torch.searchsorted(ordered, pos)
+    count = torch.searchsorted(ordered, pos, right=True) - lo  # >= 1: ids[b] == pos[b] itself
+    rows = torch.nonzero(count > 1).squeeze(1)
+    if rows.numel() == 0:
+        return rows, rows
+    reps = count[rows]
+    row = rows.repeat_interleave(reps)
+    start = torch.cumsum(reps, 0) - reps
+    offset = torch.arange(row.numel(), device=pos.device) - start.repeat_interleave(reps)
+    col = order[lo[rows].repeat_interleave(reps) + offset]
+    keep = col != row
+    return row[keep], col[keep]
+
+
+class _SampledSoftmax(torch.autograd.Function):
+    """Per-row ``logsumexp(logits) - logit_positive`` of :func:`sampled_softmax_loss`, with a
+    hand-written backward (``softmax - onehot``): one ``B x 2B`` product and one exponential pass
+    forward, two products backward, instead of autograd's chain of ``B x 2B`` temporaries."""
+
+    @staticmethod
+    def forward(ctx, u, cand, twin_rows, twin_cols, tau):
+        e = torch.mm(u, cand.T).mul_(1.0 / tau)
+        rows = torch.arange(u.shape[0], device=u.device)
+        positive = e[rows, rows].clone()
+        shift = e.amax(1, keepdim=True)
+        e.sub_(shift).exp_()
+        e[twin_rows, twin_cols] = 0.0
+        denom = e.sum(1)
+        ctx.tau = tau
+        ctx.save_for_backward(u, cand, e, denom)
+        return shift.squeeze(1) + denom.log() - positive
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, cand, e, denom = ctx.saved_tensors
+        g = e * (grad / denom).unsqueeze(1)  # not in place: a retained graph may run backward again
+        rows = torch.arange(u.shape[0], device=u.device)
+        g[rows, rows] -= grad
+        g.mul_(1.0 / ctx.tau)
+        return g @ cand, g.T @ u, None, None, None
+
+
 def sampled_softmax_loss(u: torch.Tensor, pos_rows: torch.Tensor, neg_rows: torch.Tensor,
                          pos: torch.Tensor, neg: torch.Tensor, tau: float) -> torch.Tensor:
     """In-batch sampled softmax loss, mean over the batch (an alternative to BPR, ``rank_loss=softmax``).
@@ -27,13 +75,9 @@ def sampled_softmax_loss(u: torch.Tensor, pos_rows: torch.Tensor, neg_rows: torc
     the batch) is left out, so an item is never its own negative. ``u``: ``B x d`` user rows,
     ``pos_rows``/``neg_rows``: ``B x d`` item rows, ``pos``/``neg``: their item ids. Scores are the
     model's dot products, so ranking at evaluation is unchanged."""
+    twin_rows, twin_cols = _twins(pos, torch.cat([pos, neg]))
     cand = torch.cat([pos_rows, neg_rows])
-    logits = (u @ cand.T) / tau
-    ids = torch.cat([pos, neg])
-    rows = torch.arange(u.shape[0], device=u.device)
-    twin = ids.unsqueeze(0) == pos.unsqueeze(1)
-    twin[rows, rows] = False
-    return F.cross_entropy(logits.masked_fill(twin, float("-inf")), rows)
+    return _SampledSoftmax.apply(u, cand, twin_rows, twin_cols, float(tau)).mean()
 
 
 def l2_regularizer(*embeddings: torch.Tensor) -> torch.Tensor:
