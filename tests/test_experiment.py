@@ -424,3 +424,36 @@ def test_a_partial_grid_leaves_out_the_tuned_cells_whose_study_has_not_run(tmp_p
     spec = load_spec(write_spec(tmp_path, TUNED))
     tasks = plan(spec, tmp_path / "out", untuned="skip")
     assert [(t.label, t.seed) for t in tasks] == [("pop", 0), ("pop", 1)]
+
+
+PUBLISHED = TINY.replace("seeds = [0, 1]", "seeds = [0]").replace('grid = { n_layers = [1, 2] }', "") + """
+[published.synthetic]
+source = "a paper's Table 2"
+lightgcn = { "recall@20" = 0.0653 }
+mf = { "recall@20" = 0.0346, "ndcg@20" = 0.013 }
+"""
+
+
+def test_published_figures_are_shown_beside_the_measured_ones(tmp_path):
+    path, out = write_spec(tmp_path, PUBLISHED), tmp_path / "out"
+    assert main(["experiment", str(path), "--out", str(out), "--set", "epochs=1"]) == 0
+    summary = (out / "summary.md").read_text()
+    assert "| reference | published recall@20 / ndcg@20 |" in summary
+    assert re.search(r"\| mf \| default \| 1/1 \| .* \| 0\.0346 / 0\.0130 \|", summary)
+    assert re.search(r"\| lightgcn \| default \| 1/1 \| .* \| 0\.0653 / – \|", summary)
+    assert "Published figures (synthetic): a paper's Table 2." in summary
+    cells = json.loads((out / "summary.json").read_text())["cells"]
+    assert {c["label"]: c["published"] for c in cells} == {
+        "mf": {"recall@20": 0.0346, "ndcg@20": 0.013}, "lightgcn": {"recall@20": 0.0653}}
+
+
+@pytest.mark.parametrize("table, needle", [
+    ('[published.baby]\nsource = "x"\n', "published.baby: not a dataset of the spec (synthetic)"),
+    ('[published.synthetic]\nmf = { "recall@20" = 0.1 }\n', "published.synthetic: needs source"),
+    ('[published.synthetic]\nsource = "x"\nngcf = { "recall@20" = 0.1 }\n', "'ngcf' is not a model label"),
+    ('[published.synthetic]\nsource = "x"\nmf = { "recall@50" = 0.1 }\n', "'recall@50' is not one of"),
+    ('[published.synthetic]\nsource = "x"\nmf = { "recall@20" = 1.5 }\n', "must be a number in [0, 1]"),
+])
+def test_a_bad_published_table_is_an_error_naming_the_file(tmp_path, table, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)):
+        load_spec(write_spec(tmp_path, TINY + table))

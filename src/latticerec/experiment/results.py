@@ -125,13 +125,15 @@ def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> d
                       "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
                       "std": {m: float(np.std(v, ddof=1)) if len(v) > 1 else None for m, v in values.items()},
                       "reference": spec.reference_of(key[0]), "tests": {},
-                      "tuning": _study_record(out, key)})
+                      "tuning": _study_record(out, key),
+                      "published": spec.published.get(key[1], {}).get("figures", {}).get(key[0])})
     for cell in cells:
         if cell["reference"] is not None:
             _test_cell(spec, cell, by_cell)
     return {"name": spec.name, "description": spec.description, "spec": spec.path,
             "metrics": list(spec.metrics), "alpha": spec.alpha, "grid": spec.grid,
-            "model_grids": {m.label: m.grid for m in spec.models}, "cells": cells}
+            "model_grids": {m.label: m.grid for m in spec.models}, "cells": cells,
+            "published_sources": {d: p["source"] for d, p in spec.published.items()}}
 
 
 def _test_cell(spec, cell: dict, by_cell: dict[tuple, list]) -> None:
@@ -171,14 +173,24 @@ def summary_markdown(summary: dict) -> str:
               "over users (per-user metrics averaged over the seeds both cells finished).", ""]
     for dataset in dict.fromkeys(c["dataset"] for c in summary["cells"]):
         cells = [c for c in summary["cells"] if c["dataset"] == dataset]
-        lines += [f"## {dataset}", "", "| model | options | n | " + " | ".join(metrics) + " | reference |",
-                  "|---|---|---|" + "---|" * len(metrics) + "---|"]
+        source = summary.get("published_sources", {}).get(dataset)
+        shown = [m for m in metrics if any(m in (c.get("published") or {}) for c in cells)] if source else []
+        extra = f" published {' / '.join(shown)} |" if shown else ""
+        lines += [f"## {dataset}", "",
+                  "| model | options | n | " + " | ".join(metrics) + f" | reference |{extra}",
+                  "|---|---|---|" + "---|" * len(metrics) + "---|" + "---|" * bool(shown)]
         for c in cells:
             marks = ["*" if c["tests"].get(m, {}).get("significant") else "" for m in metrics]
+            figures = c.get("published") or {}
+            cited = (" " + " / ".join(f"{figures[m]:.4f}" if m in figures else "–" for m in shown) + " |"
+                     if shown else "")
             lines.append(f"| {c['label']} | {c['point']} | {len(c['seeds'])}/{c['planned_seeds']} | "
                          + " | ".join(_fmt(c["mean"][m], c["std"][m]) + k for m, k in zip(metrics, marks,
                                                                                           strict=True))
-                         + f" | {c['reference'] or '–'} |")
+                         + f" | {c['reference'] or '–'} |{cited}")
+        if shown:
+            lines += ["", f"Published figures ({dataset}): {source}. Shown for comparison only; they were "
+                      "measured elsewhere, under their own protocol, and enter no test."]
         tested = [(c, m) for c in cells for m in metrics if m in c["tests"]]
         if tested:
             lines += ["", f"Paired tests against the reference ({dataset}):", "",

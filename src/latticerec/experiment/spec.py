@@ -60,7 +60,7 @@ from typing import Any
 from latticerec.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "datasets", "seeds", "reference", "metrics", "alpha", "options",
-            "grid", "tune", "models")
+            "grid", "tune", "published", "models")
 TUNE_KEYS = ("trials", "metric", "epochs", "seed", "models")
 MODEL_KEYS = ("label", "model", "reference", "options", "grid")
 RESERVED = ("seed",)  # set by the spec's seeds, not as an option
@@ -102,6 +102,9 @@ class ExperimentSpec:
     options: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
     tune: TuneSpec | None = None
+    # dataset folder name -> {"source": str, "figures": {label: {metric: value}}}: figures published
+    # elsewhere (e.g. the papers' tables), shown beside the measured ones; never used in a test
+    published: dict[str, dict] = field(default_factory=dict)
 
     def reference_of(self, label: str) -> str | None:
         """The label ``label``'s cells are tested against (``None``: none, or itself)."""
@@ -202,6 +205,37 @@ def _tune(path, table, labels: list[str]) -> TuneSpec:
                     seed=seed, models=models)
 
 
+def _published(path, table, names: list[str], labels: list[str], metrics: tuple[str, ...]) -> dict:
+    """``[published.<dataset>]`` tables: ``source = "..."`` and ``<label> = { "<metric>" = value }``."""
+    if not isinstance(table, dict):
+        _fail(path, "", "published must be a table of [published.<dataset folder name>] tables")
+    out = {}
+    for dataset, entries in table.items():
+        where = f"published.{dataset}"
+        if dataset not in names:
+            _fail(path, where, f"not a dataset of the spec ({', '.join(names)})")
+        if not isinstance(entries, dict) or not isinstance(entries.get("source"), str) \
+                or not entries["source"].strip():
+            _fail(path, where, "needs source = \"where the figures come from\"")
+        figures = {}
+        for label, values in entries.items():
+            if label == "source":
+                continue
+            if label not in labels:
+                _fail(path, where, f"{label!r} is not a model label ({', '.join(labels)})")
+            if not isinstance(values, dict) or not values:
+                _fail(path, f"{where}.{label}", "expected a table of metric = value")
+            for metric, value in values.items():
+                if metric not in metrics:
+                    _fail(path, f"{where}.{label}", f"{metric!r} is not one of the spec's metrics "
+                          f"({', '.join(metrics)})")
+                if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= 1:
+                    _fail(path, f"{where}.{label}", f"{metric} must be a number in [0, 1], got {value!r}")
+            figures[label] = {m: float(v) for m, v in values.items()}
+        out[dataset] = {"source": entries["source"].strip(), "figures": figures}
+    return out
+
+
 def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
     """An :class:`ExperimentSpec` from the parsed TOML ``data`` (errors name ``path``)."""
     path = str(path)
@@ -241,7 +275,8 @@ def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
                           metrics=metrics, alpha=float(alpha),
                           options=_options(path, "", data.get("options", {}), "options"),
                           grid=_grid(path, "", data.get("grid", {}), "grid"),
-                          tune=_tune(path, data["tune"], labels) if "tune" in data else None)
+                          tune=_tune(path, data["tune"], labels) if "tune" in data else None,
+                          published=_published(path, data.get("published", {}), names, labels, metrics))
     for m in models:
         ref = spec.reference_of(m.label)
         if ref is not None and ref not in labels:
