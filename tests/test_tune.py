@@ -168,3 +168,12 @@ def test_study_settings_with_tuples_match_after_storage_round_trip(tmp_path):
     _check_study(optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}"), settings, "db")
     with pytest.raises(Exception, match="other settings \\(fixed\\)"):
         _check_study(study, {**settings, "fixed": {}}, "db")
+
+
+def test_a_wrapping_model_also_tunes_its_backbones_options():
+    assert search_space("lattice")["n_layers"] == search_space("lightgcn")["n_layers"]
+    assert "n_layers" not in search_space("lattice", {"backbone": "mf"})
+    ngcf = search_space("mmgef", {"backbone": "ngcf"})
+    assert ngcf["mess_dropout"] == search_space("ngcf")["mess_dropout"] and "cooc_topk" in ngcf
+    assert "n_layers" not in search_space("lattice", {"n_layers": 2})  # held fixed: not tuned
+    assert search_space("lattice")["item_layers"] == ("int", 1, 6)  # the model's own space is kept

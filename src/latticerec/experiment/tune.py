@@ -28,13 +28,24 @@ from latticerec.io import atomic_write_json
 OBJECTIVES = ("recall@20", "ndcg@20")
 
 
-def search_space(model: str) -> dict[str, tuple]:
-    """The ``SEARCH_SPACE`` declared on the model class, checked."""
-    from latticerec.models.registry import get_model_class
+def search_space(model: str, options: dict | None = None) -> dict[str, tuple]:
+    """The ``SEARCH_SPACE`` declared on the model class, checked. A model that wraps a backbone
+    also tunes the backbone's own options (its ``SEARCH_SPACE`` keys the model does not declare:
+    LightGCN's ``n_layers``, say), so it gets at least the space of the backbone it is compared
+    with (less the ones ``options`` fix); ``options`` (the study's fixed options) also name the
+    backbone (default: the model's)."""
+    from latticerec.models.registry import get_backbone_class, get_model_class
+    from latticerec.train.build import _backbone_name
 
-    space = getattr(get_model_class(model), "SEARCH_SPACE", None)
+    cls = get_model_class(model)
+    space = dict(getattr(cls, "SEARCH_SPACE", None) or {})
     if not space:
         raise ConfigError(f"model {model!r} declares no SEARCH_SPACE to tune")
+    backbone = _backbone_name(cls, options or {})
+    if backbone is not None:
+        for key, spec in getattr(get_backbone_class(backbone), "SEARCH_SPACE", {}).items():
+            if key not in (options or {}):  # a backbone option the study holds fixed is not tuned
+                space.setdefault(key, spec)
     for key, spec in space.items():
         kind = spec[0] if isinstance(spec, tuple) and spec else None
         ok = (kind in ("log", "float", "int") and len(spec) == 3 and spec[1] < spec[2]
@@ -110,7 +121,7 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
     if metric not in OBJECTIVES:
         raise ConfigError(f"--metric {metric!r}: expected one of {', '.join(OBJECTIVES)}")
     out = Path(out)
-    space = search_space(model)
+    space = search_space(model, fixed)
     fixed = dict(fixed or {})
     clash = sorted(set(fixed) & (set(space) | {"epochs", "seed"}))
     if clash:
