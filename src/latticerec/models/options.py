@@ -30,7 +30,7 @@ LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
 
 # the structure learner's tuning search space (``latticerec tune``; format in models/backbones.py),
 # with the backbone's lr and L2 weight: the part LATTICE, MICRO and MM-GEF share
-STRUCTURE_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-2), "knn_k": ("int", 5, 50),
+STRUCTURE_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-1), "knn_k": ("int", 5, 50),
                    "lambda_coeff": ("float", 0.0, 1.0), "item_layers": ("int", 1, 6)}
 
 
