@@ -389,6 +389,9 @@ def restrict(spec: ExperimentSpec, labels=None, datasets=None) -> ExperimentSpec
     be run part by part into one output (``experiment --models/--datasets``)."""
     import dataclasses
 
+    if labels is None and datasets is None:
+        return spec
+
     def pick(option: str, wanted, known: list[str], name=lambda v: v) -> list[str]:
         if wanted is None:
             return known
