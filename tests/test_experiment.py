@@ -457,3 +457,20 @@ def test_published_figures_are_shown_beside_the_measured_ones(tmp_path):
 def test_a_bad_published_table_is_an_error_naming_the_file(tmp_path, table, needle):
     with pytest.raises(ConfigError, match=re.escape(needle)):
         load_spec(write_spec(tmp_path, TINY + table))
+
+
+def test_a_finished_run_saved_before_an_option_was_added_is_still_finished(tmp_path, count_fit):
+    spec = load_spec(write_spec(tmp_path))
+    tasks = plan(spec, tmp_path / "out")[:1]
+    run_tasks(tasks, log=lambda m: None)
+    path = Path(tasks[0].run_dir) / "config.json"
+    saved = json.loads(path.read_text())
+    for key in ("rank_loss", "rank_tau"):  # options added after the run was saved: absent from it
+        del saved["config"]["train"][key]
+    path.write_text(json.dumps(saved))
+    count_fit.clear()
+    assert [o["state"] for o in run_tasks(tasks, log=lambda m: None)] == ["finished"] and not count_fit
+    saved["config"]["train"]["rank_loss"] = "softmax"  # a saved value that differs is another run
+    path.write_text(json.dumps(saved))
+    outcome = run_tasks(tasks, log=lambda m: None)[0]
+    assert outcome["state"] == "failed" and "other options" in outcome["error"]

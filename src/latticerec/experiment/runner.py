@@ -127,7 +127,13 @@ def run_state(run_dir, expected: dict) -> str:
             raise RunError(f"{run_dir.path}: holds run files but no config.json; not a run of this "
                            "experiment (move it away or give another --out)")
         return "empty"
+    from latticerec.train.build import config_from_dict
+
     saved = run_dir.read_config()
+    try:  # as --resume reads it: an option added since the run was saved reads as its default
+        saved = {**saved, "config": config_from_dict(saved["config"]).to_dict()}
+    except (LatticeRecError, KeyError, TypeError, ValueError, AttributeError):
+        pass  # a config that no longer reads differs from the planned one below
     if any(saved.get(k) != v for k, v in expected.items()):
         raise RunError(f"{run_dir.path}: holds a run with other options, model or data than the spec "
                        "asks for now; give another --out (a run folder is never overwritten)")
