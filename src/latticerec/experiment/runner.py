@@ -68,11 +68,22 @@ def _config_key(model: str, data: str, config: dict) -> str:
     return json.dumps([model, data, config], sort_keys=True, default=str)
 
 
+def saved_config(meta: dict) -> dict | None:
+    """A run's saved ``config.json`` config as today's full config dict, read as ``--resume`` reads
+    it (an option added since the run was saved reads as its default); ``None`` when it no longer
+    reads (a removed model or option)."""
+    from latticerec.train.build import config_from_dict
+
+    try:
+        return config_from_dict(meta["config"]).to_dict()
+    except (LatticeRecError, KeyError, TypeError, ValueError, AttributeError):
+        return None
+
+
 def finished_runs(roots) -> dict[str, str]:
     """Every finished run folder under ``roots`` (``metrics.json`` and ``per_user.npz`` beside a
     readable ``config.json``), keyed by its model, data and normalised options. Folders whose config
     no longer reads (a removed model or option) are passed over."""
-    from latticerec.train.build import config_from_dict
     from latticerec.train.rundir import RunDir
 
     found: dict[str, str] = {}
@@ -85,8 +96,10 @@ def finished_runs(roots) -> dict[str, str]:
                 continue
             try:
                 meta = run_dir.read_config()
-                config = config_from_dict(meta["config"]).to_dict()
             except (LatticeRecError, KeyError, TypeError, ValueError, AttributeError):
+                continue
+            config = saved_config(meta)
+            if config is None:
                 continue
             found.setdefault(_config_key(meta["model"], meta["data"], config), str(run_dir.path))
     return found
@@ -127,13 +140,8 @@ def run_state(run_dir, expected: dict) -> str:
             raise RunError(f"{run_dir.path}: holds run files but no config.json; not a run of this "
                            "experiment (move it away or give another --out)")
         return "empty"
-    from latticerec.train.build import config_from_dict
-
     saved = run_dir.read_config()
-    try:  # as --resume reads it: an option added since the run was saved reads as its default
-        saved = {**saved, "config": config_from_dict(saved["config"]).to_dict()}
-    except (LatticeRecError, KeyError, TypeError, ValueError, AttributeError):
-        pass  # a config that no longer reads differs from the planned one below
+    saved = {**saved, "config": saved_config(saved)}  # None (no longer reads) differs from any plan
     if any(saved.get(k) != v for k, v in expected.items()):
         raise RunError(f"{run_dir.path}: holds a run with other options, model or data than the spec "
                        "asks for now; give another --out (a run folder is never overwritten)")

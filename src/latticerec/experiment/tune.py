@@ -35,13 +35,13 @@ def search_space(model: str, options: dict | None = None) -> dict[str, tuple]:
     with (less the ones ``options`` fix); ``options`` (the study's fixed options) also name the
     backbone (default: the model's)."""
     from latticerec.models.registry import get_backbone_class, get_model_class
-    from latticerec.train.build import _backbone_name
+    from latticerec.train.build import backbone_name
 
     cls = get_model_class(model)
     space = dict(getattr(cls, "SEARCH_SPACE", None) or {})
     if not space:
         raise ConfigError(f"model {model!r} declares no SEARCH_SPACE to tune")
-    backbone = _backbone_name(cls, options or {})
+    backbone = backbone_name(cls, options or {})
     if backbone is not None:
         for key, spec in getattr(get_backbone_class(backbone), "SEARCH_SPACE", {}).items():
             if key not in (options or {}):  # a backbone option the study holds fixed is not tuned

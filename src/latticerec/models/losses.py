@@ -56,10 +56,10 @@ class _SampledSoftmax(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         u, cand, e, denom = ctx.saved_tensors
-        g = e * (grad / denom).unsqueeze(1)  # not in place: a retained graph may run backward again
+        scale = grad / ctx.tau  # ∂/∂(u·c) = (softmax - onehot) / τ, in one pass over the scores
+        g = e * (scale / denom).unsqueeze(1)  # not in place: a retained graph may run backward again
         rows = torch.arange(u.shape[0], device=u.device)
-        g[rows, rows] -= grad
-        g.mul_(1.0 / ctx.tau)
+        g[rows, rows] -= scale
         return g @ cand, g.T @ u, None, None, None
 
 

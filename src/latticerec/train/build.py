@@ -35,7 +35,9 @@ class RunConfig:
         return out
 
 
-def _backbone_name(cls, values: dict[str, Any]) -> str | None:
+def backbone_name(cls, values: dict[str, Any]) -> str | None:
+    """The backbone a wrapping model class ``cls`` gets from the options ``values`` (its config's
+    default when they name none); ``None`` for a model that wraps none."""
     if not getattr(cls, "wraps_backbone", False):
         return None
     name = str(values.get("backbone", cls.Config.backbone))
@@ -90,7 +92,7 @@ def resolve_config(model: str, overrides: dict[str, Any] | None = None) -> RunCo
     overrides then replace key by key."""
     cls = get_model_class(model)
     values = dict(overrides or {})
-    backbone = _backbone_name(cls, values)
+    backbone = backbone_name(cls, values)
     classes = (TrainConfig, cls.Config) if backbone is None \
         else (TrainConfig, cls.Config, get_backbone_class(backbone).Config)
     values = {**protocol_preset(model, backbone, values.get("protocol"), *classes,
