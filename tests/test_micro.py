@@ -303,3 +303,18 @@ def test_cli_trains_micro(tmp_path):
             "--out", str(out), "--quiet", "--cache-dir", str(tmp_path / "cache"), "--set", "embed_dim=16"]
     assert main(args) == 0
     assert (out / "metrics.json").exists()
+
+
+@pytest.mark.parametrize("backbone", ["mf", "lightgcn"])
+def test_without_fusion_trains_exactly_as_lattice_from_the_same_seed(blocks, backbone):
+    """``micro fusion=false`` and ``lattice`` (same backbone, λ, seed) draw the same initial parameters
+    and take the same steps: an experiment spec may name LATTICE's runs for MICRO w/o fusion."""
+    states = []
+    for model, extra in (("lattice", {}), ("micro", {"fusion": "false"})):
+        torch.manual_seed(7)
+        net = _build(model, blocks, backbone=backbone, **extra)
+        fit(net, blocks, resolve_config(model, {"epochs": "2", **extra}).train, progress=False)
+        states.append(net.state_dict())
+    assert states[0].keys() == states[1].keys()
+    for key, value in states[0].items():
+        assert torch.equal(value, states[1][key]), key
