@@ -6,9 +6,11 @@ build the initial kNN graphs, seconds per training epoch (the learned-graph rebu
 optimiser included; median over the timed epochs, after one warm-up epoch), seconds of one full-
 ranking evaluation of the validation split (median of 3), and the peak RSS. Baby: 7,050 items,
 image 4096-d, text 1024-d; Clothing: 23,033 items. Batch 1024, as in the released code.
+``--features real`` keeps a dataset's own features instead (TikTok: image and audio, 128-d each).
 
     python benchmarks/bench_lattice.py                               # baby + clothing, LATTICE
     python benchmarks/bench_lattice.py --datasets baby --models lattice micro --epochs 3
+    python benchmarks/bench_lattice.py --datasets tiktok --features real --batch-size 2048
     git worktree add /tmp/before 29546d7                             # the code before issue 17 section 5
     python benchmarks/bench_lattice.py --datasets baby --models lattice micro \
         --tree before=/tmp/before/src --tree after=src               # same run, cases interleaved
@@ -36,15 +38,16 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # Linux reports KiB
 
 
-def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
+def measure(dataset: str, model: str, epochs: int, batch_size: int, features: str = "paper") -> dict:
     import torch
 
+    from latticerec.data.readers import load_dataset
     from latticerec.graphs.knn import knn_graph
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
     from latticerec.train.trainer import evaluate_split
 
-    ds = with_paper_features(SHARED / dataset)
+    ds = with_paper_features(SHARED / dataset) if features == "paper" else load_dataset(SHARED / dataset)
     t = time.perf_counter()
     for f in ds.features.values():
         knn_graph(torch.from_numpy(f), 10)
@@ -76,7 +79,8 @@ def measure(dataset: str, model: str, epochs: int, batch_size: int) -> dict:
             "initial_graphs_s": round(initial_s, 2), "epoch_s_median": round(statistics.median(times[1:]), 2),
             "epoch_s": [round(x, 2) for x in times[1:]], "eval_s": round(statistics.median(evals), 2),
             "valid_recall@20": round(valid["recall@20"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "features": ", ".join(f"{m} {f.shape[1]}-d" for m, f in ds.features.items()) or "none"}
 
 
 def main(argv=None) -> int:
@@ -85,13 +89,15 @@ def main(argv=None) -> int:
     p.add_argument("--models", nargs="+", default=["lattice"])
     p.add_argument("--epochs", type=int, default=3, help="timed epochs (after one warm-up epoch)")
     p.add_argument("--batch-size", type=int, default=1024)
+    p.add_argument("--features", choices=("paper", "real"), default="paper",
+                   help="paper: random features of the papers' shapes; real: the dataset's own")
     p.add_argument("--tree", action="append", default=[], metavar="LABEL=SRC",
                    help="a latticerec source tree to measure (repeatable; default: this one)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--model", help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     if a.child:
-        print(json.dumps(measure(a.child, a.model, a.epochs, a.batch_size)))
+        print(json.dumps(measure(a.child, a.model, a.epochs, a.batch_size, a.features)))
         return 0
     trees = dict(t.split("=", 1) for t in a.tree) if a.tree else {"this": str(SRC)}
     results = []
@@ -103,7 +109,8 @@ def main(argv=None) -> int:
             for label, src in trees.items():
                 env = {**os.environ, "PYTHONPATH": str(Path(src).resolve())}
                 out = subprocess.run([sys.executable, __file__, "--child", name, "--model", model,
-                                      "--epochs", str(a.epochs), "--batch-size", str(a.batch_size)],
+                                      "--epochs", str(a.epochs), "--batch-size", str(a.batch_size),
+                                      "--features", a.features],
                                      capture_output=True, text=True, env=env)
                 if out.returncode:
                     print(out.stderr[-2000:])
@@ -111,7 +118,7 @@ def main(argv=None) -> int:
                 r = {"tree": label, **json.loads(out.stdout.strip().splitlines()[-1])}
                 results.append(r)
                 print(f"[{label}] {r['model']} on {name} ({r['items']} items, {r['train']} train pairs, "
-                      f"random image 4096-d + text 1024-d, batch {a.batch_size}, {r['threads']} threads): "
+                      f"features {r['features']}, batch {a.batch_size}, {r['threads']} threads): "
                       f"initial graphs {r['initial_graphs_s']} s, epoch {r['epoch_s_median']} s (median of "
                       f"{r['epoch_s']}), validation {r['eval_s']} s, peak RSS {r['peak_rss_gb']} GB",
                       flush=True)

@@ -182,3 +182,15 @@ def test_knn_values_gradient_recomputes_the_gathered_rows_and_equals_autograd_th
     assert torch.allclose(g_direct, g_chunked, atol=1e-12)
     assert torch.autograd.gradcheck(lambda z: _PairDots.apply(z, nb, 13),
                                     (torch.randn(120, 6, dtype=torch.float64, requires_grad=True),))
+
+
+def test_default_blocks_are_cache_sized_on_cpu_and_large_on_a_gpu():
+    from latticerec.graphs.knn import _chunk_rows
+
+    assert _chunk_rows(6710, None) == 312  # 2M similarities (8 MB) at a time on a CPU
+    assert _chunk_rows(6710, None, "cuda") == 4096
+    assert _chunk_rows(1_000_000, None) == 64  # never fewer than 64 rows per block
+    assert _chunk_rows(50, None) == 50 and _chunk_rows(6710, 7) == 7
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(700, 24, generator=gen)
+    assert torch.equal(knn_indices(x, 5), knn_indices(x, 5, chunk_size=700))
