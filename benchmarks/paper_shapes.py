@@ -21,19 +21,22 @@ def with_paper_features(path):
     return dataclasses.replace(ds, features=feats, item_graphs={})
 
 
-def prepared(path, threads: int | None = None):
-    """:func:`with_paper_features` of ``path`` with ``threads`` torch threads (None: torch's
-    choice); None, after saying so, when the dataset is absent."""
+def prepared(path, threads: int | None = None, real: bool = False):
+    """:func:`with_paper_features` of ``path`` (``real``: the dataset as it is, its own features)
+    with ``threads`` torch threads (None: torch's choice); None, after saying so, when the dataset
+    is absent."""
     from pathlib import Path
 
     import torch
+
+    from latticerec.data.readers import load_dataset
 
     if not Path(path).exists():
         print(f"skip: {path} is absent")
         return None
     if threads:
         torch.set_num_threads(threads)
-    return with_paper_features(path)
+    return load_dataset(path) if real else with_paper_features(path)
 
 
 def optimiser(params, lr: float):

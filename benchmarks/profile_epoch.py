@@ -6,6 +6,7 @@ step. Prints the profiler's top operators by self CPU time and the wall-clock se
 
     python benchmarks/profile_epoch.py --model lattice --batch-size 1024 --threads 2
     python benchmarks/profile_epoch.py --model micro --batch-size 1024 --top 25
+    python benchmarks/profile_epoch.py --data ../shared/data/tiktok --features real --batch-size 2048
     PYTHONPATH=/tmp/before/src python benchmarks/profile_epoch.py      # another source tree
 """
 
@@ -31,8 +32,10 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--top", type=int, default=15, help="operators listed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option")
+    p.add_argument("--features", choices=("paper", "real"), default="paper",
+                   help="paper: random features of the papers' shapes; real: the dataset's own")
     a = p.parse_args(argv)
-    ds = prepared(a.data, a.threads)
+    ds = prepared(a.data, a.threads, real=a.features == "real")
     if ds is None:
         return 0
 
@@ -86,8 +89,9 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         timed("evaluate", evaluate)
         eval_s = time.perf_counter() - t
-    print(f"{a.model} on {Path(a.data).name} ({ds.n_items} items, {ds.train.nnz} train pairs, random image "
-          f"4096-d + text 1024-d), batch {a.batch_size}, {torch.get_num_threads()} threads: "
+    feats = ", ".join(f"{m} {f.shape[1]}-d" for m, f in ds.features.items()) or "no features"
+    print(f"{a.model} on {Path(a.data).name} ({ds.n_items} items, {ds.train.nnz} train pairs, {a.features} "
+          f"features: {feats}), batch {a.batch_size}, {torch.get_num_threads()} threads: "
           f"epoch {train_s:.2f} s (mean of {a.epochs}), validation {eval_s:.2f} s")
     print("phase seconds per epoch:")
     for name, s in sorted(phases.items(), key=lambda kv: -kv[1]):
