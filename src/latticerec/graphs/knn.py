@@ -44,7 +44,7 @@ __all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indic
 
 # Similarities held at once by the exact search when the caller gives no chunk size. On a CPU a
 # block that stays in cache between the product that writes it and the top-k that reads it is the
-# fastest (2M floats = 8 MB: 312 rows at 6,710 items): 1.3-1.4x less CPU time than 64M-float blocks
+# fastest (2M floats = 8 MB: 312 rows at 6,710 items): 1.3-1.6x less CPU time than 64M-float blocks
 # at 6,710 and 20,000 items, 64-d and 128-d, same neighbours (benchmarks/bench_exact_chunks.py);
 # a GPU wants large blocks.
 CHUNK_FLOATS = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
