@@ -189,7 +189,8 @@ def test_default_blocks_are_cache_sized_on_cpu_and_large_on_a_gpu():
 
     assert _chunk_rows(6710, None) == 312  # 2M similarities (8 MB) at a time on a CPU
     assert _chunk_rows(6710, None, "cuda") == 4096
-    assert _chunk_rows(1_000_000, None) == 64  # never fewer than 64 rows per block
+    assert _chunk_rows(1_000_000, None) == 64  # not fewer than 64 rows per block ...
+    assert _chunk_rows(10_000_000, None) == 6  # ... unless a block would pass 64M similarities
     assert _chunk_rows(50, None) == 50 and _chunk_rows(6710, 7) == 7
     gen = torch.Generator().manual_seed(3)
     x = torch.randn(700, 24, generator=gen)

@@ -46,20 +46,25 @@ __all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indic
 # block that stays in cache between the product that writes it and the top-k that reads it is the
 # fastest (2M floats = 8 MB: 312 rows at 6,710 items): 1.3-1.6x less CPU time than 64M-float blocks
 # at 6,710 and 20,000 items, 64-d and 128-d, same neighbours (benchmarks/bench_exact_chunks.py);
-# a GPU wants large blocks.
+# a GPU wants large blocks. No block holds more than MAX_CHUNK_FLOATS (256 MB) whatever the device.
 CHUNK_FLOATS = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
+MAX_CHUNK_FLOATS = 64 * 2**20
 
 
 def _chunk_rows(n: int, chunk_size: int | None, device: torch.device | str = "cpu") -> int:
     """Rows per chunk: the caller's choice, else as many as keep ``chunk x N`` near the device's
-    :data:`CHUNK_FLOATS` (at least 64 rows, at most 4,096). The rows of a product do not depend on
-    how many rows it has, so the chunk size changes the time, not the neighbours."""
+    :data:`CHUNK_FLOATS`, at least 64 rows where that stays within :data:`MAX_CHUNK_FLOATS`, at most
+    4,096. A row of ``x[rows] @ xᵀ`` came out bit-identical whatever the block's row count in every
+    case measured (``benchmarks/bench_exact_chunks.py`` checks the neighbours; so do the tests), so
+    the chunk size changes the time, not the neighbours."""
     if chunk_size is not None:
         if chunk_size < 1:
             raise ValueError("chunk_size must be >= 1")
         return chunk_size
+    n = max(n, 1)
     budget = CHUNK_FLOATS.get(torch.device(device).type, CHUNK_FLOATS["cuda"])
-    return max(1, min(n, max(64, budget // max(n, 1)), 4096))
+    rows = max(budget // n, min(64, MAX_CHUNK_FLOATS // n))
+    return max(1, min(n, rows, 4096))
 
 
 def _topk_deterministic(sim: torch.Tensor, k: int) -> torch.Tensor:
