@@ -16,11 +16,8 @@ from torch import nn
 from latticerec.graphs.adjacency import normalized_bipartite_adjacency, released_bipartite_adjacency
 from latticerec.graphs.sparse import compact_indices, constant_spmm, layer_mean, transpose_csr
 from latticerec.models.base import ModelInputs, Recommender
+from latticerec.models.options import EMBEDDING_SPACE  # search spaces: format in models/options.py
 
-# Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
-# high) or ("choice", (values...)); keys are ``--set`` keys (training options such as ``lr`` too).
-# The L2 range reaches 1e-1: on TikTok LightGCN's validation optimum is near 2e-2-3e-2 (docs/accuracy.md).
-EMBEDDING_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-1)}
 GRAPH_SPACE = {**EMBEDDING_SPACE, "n_layers": ("int", 1, 4)}
 ADJ_NORMS = ("symmetric", "released")
 NGCF_LAYERS = ("latticerec", "released")

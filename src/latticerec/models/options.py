@@ -28,10 +28,15 @@ from latticerec.graphs.fusion import FUSIONS
 LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
 
 
-# the structure learner's tuning search space (``latticerec tune``; format in models/backbones.py),
-# with the backbone's lr and L2 weight: the part LATTICE, MICRO and MM-GEF share
-STRUCTURE_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-1), "knn_k": ("int", 5, 50),
-                   "lambda_coeff": ("float", 0.0, 1.0), "item_layers": ("int", 1, 6)}
+# Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
+# high) or ("choice", (values...)); keys are ``--set`` keys (training options such as ``lr`` too).
+# EMBEDDING_SPACE: the learning rate and L2 weight every ID-embedding model tunes. The L2 range
+# reaches 1e-1: on TikTok LightGCN's validation optimum is near 2e-2-3e-2 (docs/accuracy.md).
+EMBEDDING_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-1)}
+# the structure learner's space, with the backbone's lr and L2 weight: the part LATTICE, MICRO and
+# MM-GEF share
+STRUCTURE_SPACE = {**EMBEDDING_SPACE, "knn_k": ("int", 5, 50), "lambda_coeff": ("float", 0.0, 1.0),
+                   "item_layers": ("int", 1, 6)}
 
 
 @dataclass(frozen=True)
