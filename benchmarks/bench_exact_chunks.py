@@ -26,7 +26,7 @@ def main(argv=None) -> int:
 
     import torch
 
-    from latticerec.graphs.knn import _chunk_rows, knn_indices
+    from latticerec.graphs.knn import MAX_CHUNK_FLOATS, _chunk_rows, knn_indices
 
     torch.set_num_threads(a.threads)
     print("| items | dim | before: rows, CPU s | default: rows, CPU s | speed-up | same neighbours |")
@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         for d in a.dims:
             gen = torch.Generator().manual_seed(0)
             x = torch.randn(n, d, generator=gen)
-            blocks = {"before": min(n, 64 * 2**20 // n, 4096), "default": None}
+            blocks = {"before": min(n, MAX_CHUNK_FLOATS // n, 4096), "default": None}  # the old default
             seconds = {key: [] for key in blocks}
             found = {}
             for _ in range(a.repeats):

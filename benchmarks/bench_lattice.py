@@ -28,7 +28,7 @@ import sys
 import time
 from pathlib import Path
 
-from paper_shapes import optimiser, with_paper_features  # benchmarks/paper_shapes.py
+from paper_shapes import describe_features, optimiser, prepared  # benchmarks/paper_shapes.py
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 SRC = Path(__file__).resolve().parents[1] / "src"
@@ -41,13 +41,12 @@ def peak_rss_gb() -> float:
 def measure(dataset: str, model: str, epochs: int, batch_size: int, features: str = "paper") -> dict:
     import torch
 
-    from latticerec.data.readers import load_dataset
     from latticerec.graphs.knn import knn_graph
     from latticerec.train.build import build_model, resolve_config
     from latticerec.train.sampling import BPRSampler
     from latticerec.train.trainer import evaluate_split
 
-    ds = with_paper_features(SHARED / dataset) if features == "paper" else load_dataset(SHARED / dataset)
+    ds = prepared(SHARED / dataset, real=features == "real")
     t = time.perf_counter()
     for f in ds.features.values():
         knn_graph(torch.from_numpy(f), 10)
@@ -80,7 +79,7 @@ def measure(dataset: str, model: str, epochs: int, batch_size: int, features: st
             "epoch_s": [round(x, 2) for x in times[1:]], "eval_s": round(statistics.median(evals), 2),
             "valid_recall@20": round(valid["recall@20"], 4), "peak_rss_gb": round(peak_rss_gb(), 2),
             "threads": torch.get_num_threads(),
-            "features": ", ".join(f"{m} {f.shape[1]}-d" for m, f in ds.features.items()) or "none"}
+            "features": describe_features(ds)}
 
 
 def main(argv=None) -> int:

@@ -48,3 +48,8 @@ def optimiser(params, lr: float):
     except ImportError:
         return torch.optim.Adam(params, lr=lr)
     return adam(params, lr)
+
+
+def describe_features(ds) -> str:
+    """``"image 4096-d, text 1024-d"``: a dataset's modalities and widths, for a benchmark's output."""
+    return ", ".join(f"{m} {f.shape[1]}-d" for m, f in ds.features.items()) or "no features"

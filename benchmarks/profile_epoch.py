@@ -18,7 +18,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from paper_shapes import optimiser, prepared  # benchmarks/paper_shapes.py
+from paper_shapes import describe_features, optimiser, prepared  # benchmarks/paper_shapes.py
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -89,9 +89,8 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         timed("evaluate", evaluate)
         eval_s = time.perf_counter() - t
-    feats = ", ".join(f"{m} {f.shape[1]}-d" for m, f in ds.features.items()) or "no features"
     print(f"{a.model} on {Path(a.data).name} ({ds.n_items} items, {ds.train.nnz} train pairs, {a.features} "
-          f"features: {feats}), batch {a.batch_size}, {torch.get_num_threads()} threads: "
+          f"features: {describe_features(ds)}), batch {a.batch_size}, {torch.get_num_threads()} threads: "
           f"epoch {train_s:.2f} s (mean of {a.epochs}), validation {eval_s:.2f} s")
     print("phase seconds per epoch:")
     for name, s in sorted(phases.items(), key=lambda kv: -kv[1]):
