@@ -242,6 +242,24 @@ def test_summary_marks_a_known_significant_pair_and_matches_scipy(tmp_path):
     assert "*" not in row["same"]
 
 
+def test_the_options_column_shows_a_cells_fixed_options_and_its_grid_point(tmp_path):
+    spec = parse_spec({"datasets": ["synthetic"], "seeds": [0], "metrics": ["recall@20"],
+                       "models": [{"label": "base", "model": "mf"},
+                                  {"label": "long", "model": "mf", "options": {"patience": 100}},
+                                  {"label": "grid", "model": "mf", "options": {"patience": 100},
+                                   "grid": {"embed_dim": [8]}}]}, tmp_path / "opts.toml")
+    tasks = []
+    for label, grid in (("base", {}), ("long", {}), ("grid", {"embed_dim": 8})):
+        run_dir = tmp_path / "out" / label / "seed-0"
+        _fake_run(run_dir, np.full(10, 0.1), 0)
+        tasks.append(RunTask(label=label, model="mf", data="synthetic", seed=0, grid=grid,
+                             run_dir=str(run_dir)))
+    table = write_results(spec, tasks, tmp_path / "out")["summary"].read_text()
+    assert "| base | default | 1/1 |" in table
+    assert "| long | patience=100 | 1/1 |" in table
+    assert "| grid | patience=100,embed_dim=8 | 1/1 |" in table
+
+
 def test_cli_experiment_writes_results_and_summary(tmp_path, capsys):
     path = write_spec(tmp_path, TINY.replace("seeds = [0, 1]", "seeds = [0]").replace(
         "grid = { n_layers = [1, 2] }", ""))
@@ -379,7 +397,7 @@ def test_tuned_cells_get_the_same_budget_their_seeds_train_with_the_choice_and_t
         assert saved["train"]["epochs"] == 2 and saved["train"]["seed"] == seed
     summary = (out / "summary.md").read_text()
     counts = f"{best['trials']['complete']} / {best['trials']['pruned']} / {best['trials']['fail']}"
-    assert "Tuned on validation only" in summary and f"| mf | default | {counts} |" in summary
+    assert "Tuned on validation only" in summary and f"| mf | embed_dim=8 | {counts} |" in summary
     capsys.readouterr()
     assert main(["experiment", str(spec_path), "--out", str(out)]) == 0  # resumes: nothing new to run
     err = capsys.readouterr().err

@@ -110,16 +110,21 @@ def _study_record(out: str | Path | None, key: tuple) -> dict | None:
 
 def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> dict:
     """``summary.json``'s content: per cell the mean and std of each metric over its finished seeds
-    and, against its reference, the paired tests per metric; with ``out``, a tuned cell's study."""
+    and, against its reference, the paired tests per metric; with ``out``, a tuned cell's study.
+    A cell's ``options`` are the ones its spec entry sets and its grid point (``default``: none)."""
+    from latticerec.experiment.spec import point_name
+
     by_cell: dict[tuple, list] = {}
     for t in tasks:
         by_cell.setdefault(_cell_key(t), []).append(t)
     done = {(r["label"], r["dataset"], r["point"], r["seed"]): r for r in rows}
+    fixed = {m.label: m.options for m in spec.models}
     cells = []
     for key, cell_tasks in by_cell.items():
         finished = [done[(*key, t.seed)] for t in cell_tasks if (*key, t.seed) in done]
         values = {m: [float(r.get(f"test_{m}", math.nan)) for r in finished] for m in spec.metrics}
         cells.append({"label": key[0], "model": cell_tasks[0].model, "dataset": key[1], "point": key[2],
+                      "options": point_name({**fixed[key[0]], **cell_tasks[0].grid}),
                       "grid": cell_tasks[0].grid, "seeds": [r["seed"] for r in finished],
                       "planned_seeds": len(cell_tasks),
                       "mean": {m: float(np.mean(v)) if v else None for m, v in values.items()},
@@ -184,7 +189,7 @@ def summary_markdown(summary: dict) -> str:
             figures = c.get("published") or {}
             cited = (" " + " / ".join(f"{figures[m]:.4f}" if m in figures else "–" for m in shown) + " |"
                      if shown else "")
-            lines.append(f"| {c['label']} | {c['point']} | {len(c['seeds'])}/{c['planned_seeds']} | "
+            lines.append(f"| {c['label']} | {_options(c)} | {len(c['seeds'])}/{c['planned_seeds']} | "
                          + " | ".join(_fmt(c["mean"][m], c["std"][m]) + k for m, k in zip(metrics, marks,
                                                                                           strict=True))
                          + f" | {c['reference'] or '–'} |{cited}")
@@ -198,7 +203,7 @@ def summary_markdown(summary: dict) -> str:
                       "p (Wilcoxon) | d_z | users | seeds | p < α |", "|---" * 14 + "|"]
             for c, m in tested:
                 r = c["tests"][m]
-                lines.append(f"| {c['label']} | {c['point']} | {m} | {c['reference']} | {r['mean_a']:.4f} | "
+                lines.append(f"| {c['label']} | {_options(c)} | {m} | {c['reference']} | {r['mean_a']:.4f} | "
                              f"{r['mean_b']:.4f} | {r['mean_diff']:+.4f} | {r['t']:.2f} | {r['p_t']:.2g} | "
                              f"{r['p_wilcoxon']:.2g} | {r['effect_size']:+.3f} | {r['n']} | "
                              f"{len(r['seeds'])} | {'yes' if r['significant'] else 'no'} |")
@@ -213,10 +218,15 @@ def summary_markdown(summary: dict) -> str:
                 counts = " / ".join(str(t["trials"].get(k, 0)) for k in ("complete", "pruned", "fail"))
                 chosen = ", ".join(f"{k}={_short(v)}" for k, v in sorted((t.get("best_params")
                                                                           or t["best_options"]).items()))
-                lines.append(f"| {c['label']} | {c['point']} | {counts} | {t['metric']} "
+                lines.append(f"| {c['label']} | {_options(c)} | {counts} | {t['metric']} "
                              f"{t['best_valid']:.4f} | {chosen} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _options(cell: dict) -> str:
+    """A cell's options column (a ``summary.json`` written before cells carried ``options``: its point)."""
+    return cell.get("options") or cell["point"]
 
 
 def _short(value) -> str:
