@@ -383,6 +383,8 @@ def test_tuned_cells_get_the_same_budget_their_seeds_train_with_the_choice_and_t
             tuning.clear()
 
     monkeypatch.setattr(runner_module, "run_studies", watched)
+    # before its study, --check builds a tuned cell with the spec's options alone
+    assert main(["experiment", str(spec_path), "--out", str(out), "--check"]) == 0 and not out.exists()
     assert main(["experiment", str(spec_path), "--out", str(out)]) == 0
     studies = real_studies(load_spec(spec_path), out)
     assert [s.label for s in studies] == ["mf"]  # pop declares no search space: not tuned
@@ -492,3 +494,21 @@ def test_a_finished_run_saved_before_an_option_was_added_is_still_finished(tmp_p
     path.write_text(json.dumps(saved))
     outcome = run_tasks(tasks, log=lambda m: None)[0]
     assert outcome["state"] == "failed" and "other options" in outcome["error"]
+
+
+def test_check_trains_nothing_and_names_each_cell_that_cannot_run_on_its_data(tmp_path, capsys, count_fit):
+    text = TINY + ('[[models]]\nlabel = "lattice-nope"\nmodel = "lattice"\n'
+                   'options = { modalities = ["nope"] }\n')
+    spec, out = write_spec(tmp_path, text), tmp_path / "out"
+    assert main(["experiment", str(spec), "--out", str(out), "--models", "mf"]) == 0
+    capsys.readouterr()
+    trained = len(count_fit)
+    assert main(["experiment", str(spec), "--out", str(out), "--check"]) == 2
+    err = capsys.readouterr().err
+    assert "mf/synthetic/default: 2 finished: ok" in err
+    assert "lightgcn/synthetic/n_layers=1: 2 to train: ok" in err
+    assert "lattice-nope/synthetic/default: 2 to train: FAILS: modalities: nope not in the dataset" in err
+    assert "1 of 4 cells cannot run: lattice-nope/synthetic/default" in err
+    assert len(count_fit) == trained and not (out / "runs" / "lightgcn").exists()
+    assert main(["experiment", str(spec), "--out", str(out), "--check", "--models", "mf", "lightgcn"]) == 0
+    assert "every cell of 3 can run (6 runs" in capsys.readouterr().out

@@ -24,6 +24,8 @@ def cmd_experiment(args) -> int:
     spec = restrict(whole, args.models, args.datasets)
     out = Path(args.out or Path("runs") / "experiments" / whole.name)
     extra = _set_options(args.set)
+    if args.check:
+        return _check(spec, out, extra, args)
     studies = plan_studies(spec, out, extra)
     if studies:
         print(f"experiment {spec.name}: tuning {len(studies)} cells first ({spec.tune.trials} optuna trials "
@@ -48,6 +50,23 @@ def cmd_experiment(args) -> int:
     if failed:
         raise LatticeRecError(f"{len(failed)} of {len(outcomes)} runs failed (rerun the command to retry "
                               f"them): " + "; ".join(f"{o['run_dir']}: {o['error']}" for o in failed))
+    return 0
+
+
+def _check(spec, out: Path, extra: dict, args) -> int:
+    """``experiment --check``: each cell's runs and whether its model builds on its data; trains nothing.
+    A tuned cell whose study has not run is checked with the spec's options alone."""
+    from latticerec.experiment.runner import attach_reuse, check_tasks
+    from latticerec.experiment.spec import plan
+
+    tasks = attach_reuse(plan(spec, out, extra=extra, untuned="fixed"), args.reuse or [])
+    outcomes = check_tasks(tasks, device=args.device, cache_dir=args.cache_dir,
+                           log=lambda m: print(m, file=sys.stderr))
+    failed = [o for o in outcomes if o["error"]]
+    if failed:
+        raise LatticeRecError(f"{len(failed)} of {len(outcomes)} cells cannot run: "
+                              + "; ".join(f"{o['cell']}: {o['error']}" for o in failed))
+    print(f"experiment {spec.name}: every cell of {len(outcomes)} can run ({len(tasks)} runs into {out})")
     return 0
 
 
@@ -109,6 +128,10 @@ def add_experiment_parser(sub) -> None:
                    "cover every finished run of the grid)")
     e.add_argument("--datasets", nargs="+", metavar="NAME",
                    help="run only these datasets of the spec (folder name or path as the spec gives it)")
+    e.add_argument("--check", action="store_true",
+                   help="train nothing: list each cell's runs (finished, cut, to train, copied from "
+                   "--reuse) and build each cell's model once on its data, so that a cell that "
+                   "cannot run fails now, not when its turn comes (an error naming each such cell)")
     _common(e)
     e.set_defaults(func=cmd_experiment)
 

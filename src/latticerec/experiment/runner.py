@@ -199,6 +199,51 @@ def run_task(task: RunTask, device: str = "cpu", cache_dir: str | None = None) -
     return {"run_dir": task.run_dir, "state": state, "seconds": round(time.perf_counter() - start, 2)}
 
 
+def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None = None,
+                log=print) -> list[dict]:
+    """``experiment --check``: nothing is trained or written in the run folders. Per cell (label,
+    dataset, grid point) the state of its runs (finished, cut, empty, or empty and copied from
+    ``--reuse``) and, when a run is left to train, the cell's model built once on its data, so that a
+    cell that cannot run (a foreign run folder, an option the data cannot serve) is found now, not
+    when its turn comes. Initial kNN graphs built on the way go to the graph cache, which the runs
+    read. Returns ``{"cell", "states", "error"}`` per cell (``error`` empty: the cell can run)."""
+    from collections import Counter
+
+    from latticerec.experiment.spec import point_name
+    from latticerec.graphs.cache import KnnGraphCache
+    from latticerec.train.build import build_model, resolve_config, resolve_device
+    from latticerec.train.rundir import RunDir
+
+    cells: dict[tuple, list[RunTask]] = {}
+    for task in tasks:
+        cells.setdefault((task.label, Path(task.data).name, point_name(task.grid)), []).append(task)
+    outcomes = []
+    for key, cell in cells.items():
+        states, error = Counter(), ""
+        run = resolve_config(cell[0].model, cell[0].overrides)
+        for task in cell:
+            expected = {"model": task.model, "data": data_spec(task.data),
+                        "config": resolve_config(task.model, task.overrides).to_dict()}
+            try:
+                state = run_state(RunDir(task.run_dir), expected)
+            except LatticeRecError as exc:
+                error = error or str(exc)
+                continue
+            states["reusable" if state == "empty" and task.reuse_from else state] += 1
+        if not error and (states["empty"] or states["cut"]):
+            try:
+                build_model(run, load_data(data_spec(cell[0].data)), resolve_device(device),
+                            KnnGraphCache(cache_dir))
+            except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
+                error = str(exc)
+        outcome = {"cell": "/".join(key), "states": dict(states), "error": error}
+        outcomes.append(outcome)
+        names = {"empty": "to train", "cut": "cut (to resume)", "reusable": "to copy from --reuse"}
+        counts = ", ".join(f"{n} {names.get(s, s)}" for s, n in states.items())
+        log(f"{outcome['cell']}: {counts or 'no runs'}: " + (f"FAILS: {error}" if error else "ok"))
+    return outcomes
+
+
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
 

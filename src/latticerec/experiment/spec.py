@@ -413,7 +413,8 @@ def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None, *,
     ``out``), each config resolved against the registry now (errors name the spec file and the model).
     ``extra``: options set on every run on top of the spec (``--set``). A tuned cell's runs take its
     study's best options on top (:func:`tuned_options`: the studies must have run; with ``untuned=
-    "skip"`` the cells of a study that has not finished are left out instead)."""
+    "skip"`` the cells of a study that has not finished are left out instead, with ``"fixed"`` they
+    keep the spec's options alone)."""
     from latticerec.experiment.runner import RunTask
     from latticerec.train.build import resolve_config
 
@@ -425,9 +426,11 @@ def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None, *,
         overrides = {**spec.options, **entry.options, **point, **(extra or {})}
         study = studies.get((entry.label, data, point_name(point)))
         if study is not None:
-            if untuned == "skip" and not (Path(study.out) / "best_config.json").exists():
+            finished = (Path(study.out) / "best_config.json").exists()
+            if untuned == "skip" and not finished:
                 continue
-            overrides.update(tuned_options(spec, study))
+            if untuned != "fixed" or finished:
+                overrides.update(tuned_options(spec, study))
         try:
             resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
         except ConfigError as exc:
