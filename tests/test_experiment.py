@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import shared_dataset
 from scipy import stats
 
 from latticerec.cli import main
@@ -512,3 +513,17 @@ def test_check_trains_nothing_and_names_each_cell_that_cannot_run_on_its_data(tm
     assert len(count_fit) == trained and not (out / "runs" / "lightgcn").exists()
     assert main(["experiment", str(spec), "--out", str(out), "--check", "--models", "mf", "lightgcn"]) == 0
     assert "every cell of 3 can run (6 runs" in capsys.readouterr().out
+
+
+def test_check_on_baby_passes_its_graph_spec_and_fails_a_lattice_that_would_learn_a_graph(
+        tmp_path, capsys, monkeypatch):
+    shared_dataset("baby")
+    monkeypatch.chdir(CONFIGS.parents[1])  # the specs name ../shared/data/... from the repository root
+    common = ["--check", "--out", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")]
+    assert main(["experiment", str(CONFIGS / "baby_graph.toml"), "--models", "lattice-mf", *common]) == 0
+    spec = write_spec(tmp_path, 'datasets = ["../shared/data/baby"]\nseeds = [0]\n'
+                      '[[models]]\nlabel = "lattice"\n')
+    capsys.readouterr()
+    assert main(["experiment", str(spec), *common]) == 2
+    err = capsys.readouterr().err
+    assert "lattice/baby/default: 1 to train: FAILS:" in err and "set lambda_coeff=1" in err
