@@ -27,22 +27,16 @@ LEAD = ("label", "model", "dataset", "point", "seed", "run_dir")
 RUN_STATS = ("best_epoch", "epochs_run", "stopped_early", "train_seconds", "seconds")
 
 
-def _cell_key(task) -> tuple:
-    from latticerec.experiment.spec import point_name
-
-    return task.label, Path(task.data).name, point_name(task.grid)
-
-
 def run_row(task) -> dict[str, Any] | None:
     """The ``results.csv`` row of ``task``'s run (``None`` while it has no ``metrics.json``)."""
-    from latticerec.experiment.runner import flat_options
+    from latticerec.experiment.runner import cell_key, flat_options
     from latticerec.train.rundir import RunDir
 
     run_dir = RunDir(task.run_dir)
     if not run_dir.file(run_dir.METRICS).exists():
         return None
     m = run_dir.read_metrics()
-    label, dataset, point = _cell_key(task)
+    label, dataset, point = cell_key(task)
     row: dict[str, Any] = {"label": label, "model": task.model, "dataset": dataset, "point": point,
                            "seed": task.seed, "run_dir": task.run_dir}
     for key, value in flat_options(m.get("config") or {}).items():
@@ -112,11 +106,12 @@ def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> d
     """``summary.json``'s content: per cell the mean and std of each metric over its finished seeds
     and, against its reference, the paired tests per metric; with ``out``, a tuned cell's study.
     A cell's ``options`` are the ones its spec entry sets and its grid point (``default``: none)."""
+    from latticerec.experiment.runner import cell_key
     from latticerec.experiment.spec import point_name
 
     by_cell: dict[tuple, list] = {}
     for t in tasks:
-        by_cell.setdefault(_cell_key(t), []).append(t)
+        by_cell.setdefault(cell_key(t), []).append(t)
     done = {(r["label"], r["dataset"], r["point"], r["seed"]): r for r in rows}
     fixed = {m.label: m.options for m in spec.models}
     cells = []

@@ -53,6 +53,13 @@ class RunTask:
     reuse_from: str = ""  # a finished run folder with the same model, data and options
 
 
+def cell_key(task: RunTask) -> tuple[str, str, str]:
+    """The cell of a run: its label, dataset folder name and grid point (as a folder name)."""
+    from latticerec.experiment.spec import point_name
+
+    return task.label, Path(task.data).name, point_name(task.grid)
+
+
 def data_spec(data: str) -> str:
     """What a run's ``config.json`` records as its data: ``synthetic`` or the absolute folder."""
     return data if data == "synthetic" else str(Path(data).resolve())
@@ -209,14 +216,13 @@ def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None
     read. Returns ``{"cell", "states", "error"}`` per cell (``error`` empty: the cell can run)."""
     from collections import Counter
 
-    from latticerec.experiment.spec import point_name
     from latticerec.graphs.cache import KnnGraphCache
     from latticerec.train.build import build_model, resolve_config, resolve_device
     from latticerec.train.rundir import RunDir
 
     cells: dict[tuple, list[RunTask]] = {}
     for task in tasks:
-        cells.setdefault((task.label, Path(task.data).name, point_name(task.grid)), []).append(task)
+        cells.setdefault(cell_key(task), []).append(task)
     outcomes = []
     for key, cell in cells.items():
         states, error = Counter(), ""
