@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import warnings
@@ -212,29 +213,55 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
-def cmd_compare(args) -> int:
-    """Paired significance tests of two runs over the users they were both tested on."""
-    from latticerec.evaluate.significance import align_users, paired_test
+def _per_user_runs(path: str) -> dict:
+    """Per-user test metrics of a run folder (``{None: arrays}``) or of an experiment cell, a folder
+    of ``seed-N`` run folders (``{N: arrays}`` for each finished one)."""
     from latticerec.train.rundir import RunDir
 
-    a, b = (RunDir(p).read_per_user() for p in (args.run_a, args.run_b))
-    metrics = args.metric or sorted(k for k in a if k.endswith("@20") and k in b)
-    missing = [m for m in metrics if m not in a or m not in b]
+    run = RunDir(path)
+    if run.file(run.PER_USER).exists():
+        return {None: run.read_per_user()}
+    seeds = {}
+    for sub in sorted(Path(path).glob("seed-*")):
+        if re.fullmatch(r"seed-[0-9]+", sub.name) and RunDir(sub).file(RunDir.PER_USER).exists():
+            seeds[int(sub.name[5:])] = RunDir(sub).read_per_user()
+    if not seeds:
+        raise LatticeRecError(f"{path}: neither a finished run (no per_user.npz) nor an experiment cell "
+                              "(no seed-N folder with one)")
+    return seeds
+
+
+def cmd_compare(args) -> int:
+    """Paired significance tests of two runs, or of two experiment cells seed-matched, over the users
+    they were both tested on."""
+    from latticerec.experiment.results import seed_matched_test
+
+    a, b = _per_user_runs(args.run_a), _per_user_runs(args.run_b)
+    if (None in a) != (None in b):
+        raise LatticeRecError("compare two runs, or two experiment cells (folders of seed-N runs), not one "
+                              "of each")
+    runs = [*a.values(), *b.values()]
+    metrics = args.metric or sorted(k for k in runs[0] if k.endswith("@20") and all(k in r for r in runs))
+    missing = [m for m in metrics if not all(m in r for r in runs)]
     if missing:
         raise LatticeRecError(f"--metric: {', '.join(missing)} not in both runs' per-user metrics; "
-                              f"available: {', '.join(sorted(k for k in a if '@' in k))}")
+                              f"available: {', '.join(sorted(k for k in runs[0] if '@' in k))}")
     rows = []
     for m in metrics:
         try:
-            va, vb = align_users(a["users"], a[m], b["users"], b[m])
-            res = paired_test(va, vb)
+            res, seeds = seed_matched_test(a, b, m)
         except ValueError as exc:
             raise LatticeRecError(f"compare {m}: {exc}") from None
-        rows.append({"metric": m, **res.to_dict(), "significant": res.significant(args.alpha)})
+        if res is None:
+            raise LatticeRecError(f"no seed finished in both cells: A has {sorted(a)}, B has {sorted(b)}")
+        rows.append({"metric": m, **res.to_dict(), "significant": res.significant(args.alpha),
+                     **({"seeds": seeds} if None not in a else {})})
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
-    print(f"A = {args.run_a}\nB = {args.run_b}\n{rows[0]['n']} users tested by both; "
+    seeds = (f"; seeds {', '.join(map(str, rows[0]['seeds']))} finished in both, each user's metric "
+             "averaged over them" if "seeds" in rows[0] else "")
+    print(f"A = {args.run_a}\nB = {args.run_b}\n{rows[0]['n']} users tested by both{seeds}; "
           f"two-sided p-values, significant = both tests below {args.alpha}")
     print(f"{'metric':>12} {'mean A':>8} {'mean B':>8} {'A - B':>8} {'t':>8} {'p (t)':>9} "
           f"{'p (Wilcoxon)':>13} {'d_z':>7}  significant")
@@ -314,9 +341,10 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=cmd_evaluate)
 
     c = sub.add_parser("compare", help="paired t-test and Wilcoxon signed-rank test of two runs over "
-                       "their per-user test metrics")
-    c.add_argument("run_a", metavar="RUN_A")
-    c.add_argument("run_b", metavar="RUN_B")
+                       "their per-user test metrics (or of two experiment cells, seed-matched)")
+    c.add_argument("run_a", metavar="RUN_A", help="a run folder, or an experiment cell's folder of "
+                   "seed-N runs (runs/<label>/<dataset>/<point> of an experiment output)")
+    c.add_argument("run_b", metavar="RUN_B", help="the same kind of folder as RUN_A")
     c.add_argument("--metric", action="append", help="per-user metric, e.g. recall@20 (repeatable; "
                    "default every @20 metric)")
     c.add_argument("--alpha", type=float, default=0.05, help="significance level (default 0.05)")
