@@ -16,9 +16,10 @@ def shared_dataset(name: str) -> Path:
     return path
 
 
-def make_block_dataset(n_users=40, n_items=30, n_blocks=3, seed=0, dims=(8, 6)) -> Dataset:
+def make_block_dataset(n_users=40, n_items=30, n_blocks=3, seed=0, dims=(8, 6), noise=0.1) -> Dataset:
     """A tiny dataset with a known answer: users consume only items of their own block, items of
-    a block share features. A good model ranks a user's held-out block items first."""
+    a block share features (their block's centre plus ``noise`` times a standard normal vector). A
+    good model ranks a user's held-out block items first."""
     rng = np.random.default_rng(seed)
     user_block = np.arange(n_users) % n_blocks
     item_block = np.arange(n_items) % n_blocks
@@ -35,7 +36,7 @@ def make_block_dataset(n_users=40, n_items=30, n_blocks=3, seed=0, dims=(8, 6)) 
     feats = {}
     for m, d in zip(("image", "text"), dims, strict=False):
         centers = rng.normal(size=(n_blocks, d))
-        feats[m] = (centers[item_block] + 0.1 * rng.normal(size=(n_items, d))).astype(np.float32)
+        feats[m] = (centers[item_block] + noise * rng.normal(size=(n_items, d))).astype(np.float32)
     return Dataset(name="blocks", train=splits[0], valid=splits[1], test=splits[2], features=feats)
 
 

@@ -15,13 +15,21 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_block_dataset
+from conftest import make_block_dataset as _block_dataset
 
 from latticerec.serve.foldin import fold_in_arrays, knn_row, load_fold_in
 from latticerec.train.build import build_model, resolve_config
 from latticerec.train.trainer import fit
 
 ITEM = 7  # the trained item that is placed again
+
+
+def make_block_dataset(**kwargs):
+    """conftest's block data with features spread enough within a block that no two items' learned
+    similarities to ITEM tie to float32 rounding (with the default noise, two near-identical
+    projections made the k-th neighbour a matter of the BLAS's summation order, i.e. of the thread
+    count)."""
+    return _block_dataset(noise=0.5, **kwargs)
 
 
 def _dense_row(csr: torch.Tensor, i: int) -> np.ndarray:
