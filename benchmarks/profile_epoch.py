@@ -7,6 +7,7 @@ step. Prints the profiler's top operators by self CPU time and the wall-clock se
     python benchmarks/profile_epoch.py --model lattice --batch-size 1024 --threads 2
     python benchmarks/profile_epoch.py --model micro --batch-size 1024 --top 25
     python benchmarks/profile_epoch.py --data ../shared/data/tiktok --features real --batch-size 2048
+    python benchmarks/profile_epoch.py --model micro --by-shape     # operators per input shape
     PYTHONPATH=/tmp/before/src python benchmarks/profile_epoch.py      # another source tree
 """
 
@@ -32,6 +33,8 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
     p.add_argument("--top", type=int, default=15, help="operators listed")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="model option")
+    p.add_argument("--by-shape", action="store_true",
+                   help="list operators per input shape (which products and tensors the time goes to)")
     p.add_argument("--features", choices=("paper", "real"), default="paper",
                    help="paper: random features of the papers' shapes; real: the dataset's own")
     a = p.parse_args(argv)
@@ -53,12 +56,14 @@ def main(argv=None) -> int:
     opt = optimiser(list(net.parameters()), run.train.lr)
     sampler = BPRSampler(ds.train, seed=0)
     phases: dict[str, float] = defaultdict(float)
+    calls: dict[str, int] = defaultdict(int)
 
     def timed(name, fn):
         t = time.perf_counter()
         with record_function(name):
             out = fn()
         phases[name] += time.perf_counter() - t
+        calls[name] += 1
         return out
 
     def epoch(e: int):
@@ -81,7 +86,8 @@ def main(argv=None) -> int:
     epoch(0)  # warm-up: allocator, lazy initialisations
     evaluate()
     phases.clear()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    calls.clear()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=a.by_shape) as prof:
         t = time.perf_counter()
         for e in range(1, 1 + a.epochs):
             epoch(e)
@@ -96,7 +102,11 @@ def main(argv=None) -> int:
     for name, s in sorted(phases.items(), key=lambda kv: -kv[1]):
         per = s if name == "evaluate" else s / a.epochs
         print(f"  {name:26s} {per:7.3f}")
-    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=a.top))
+    print("per step without the graph rebuild: "
+          + ", ".join(f"{k} {1000 * phases[k] / calls[k]:.1f} ms (mean of {calls[k]})"
+                      for k in ("forward", "backward") if calls[k]))
+    print(prof.key_averages(group_by_input_shape=a.by_shape).table(
+        sort_by="self_cpu_time_total", row_limit=a.top, max_name_column_width=32, max_shapes_column_width=70))
     return 0
 
 
