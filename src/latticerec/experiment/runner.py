@@ -206,6 +206,9 @@ def run_task(task: RunTask, device: str = "cpu", cache_dir: str | None = None) -
     return {"run_dir": task.run_dir, "state": state, "seconds": round(time.perf_counter() - start, 2)}
 
 
+CHECK_STATES = {"empty": "to train", "cut": "cut (to resume)", "reusable": "to copy from --reuse"}
+
+
 def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None = None,
                 log=print) -> list[dict]:
     """``experiment --check``: nothing is trained or written in the run folders. Per cell (label,
@@ -244,8 +247,7 @@ def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None
                 error = str(exc)
         outcome = {"cell": "/".join(key), "states": dict(states), "error": error}
         outcomes.append(outcome)
-        names = {"empty": "to train", "cut": "cut (to resume)", "reusable": "to copy from --reuse"}
-        counts = ", ".join(f"{n} {names.get(s, s)}" for s, n in states.items())
+        counts = ", ".join(f"{n} {CHECK_STATES.get(s, s)}" for s, n in states.items())
         log(f"{outcome['cell']}: {counts or 'no runs'}: " + (f"FAILS: {error}" if error else "ok"))
     return outcomes
 
