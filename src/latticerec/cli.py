@@ -246,14 +246,14 @@ def cmd_compare(args) -> int:
     if missing:
         raise LatticeRecError(f"--metric: {', '.join(missing)} not in both runs' per-user metrics; "
                               f"available: {', '.join(sorted(k for k in runs[0] if '@' in k))}")
+    if not set(a) & set(b):
+        raise LatticeRecError(f"no seed finished in both cells: A has {sorted(a)}, B has {sorted(b)}")
     rows = []
     for m in metrics:
         try:
             res, seeds = seed_matched_test(a, b, m)
         except ValueError as exc:
             raise LatticeRecError(f"compare {m}: {exc}") from None
-        if res is None:
-            raise LatticeRecError(f"no seed finished in both cells: A has {sorted(a)}, B has {sorted(b)}")
         rows.append({"metric": m, **res.to_dict(), "significant": res.significant(args.alpha),
                      **({"seeds": seeds} if None not in a else {})})
     if args.json:

@@ -229,10 +229,9 @@ def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None
     outcomes = []
     for key, cell in cells.items():
         states, error = Counter(), ""
-        run = resolve_config(cell[0].model, cell[0].overrides)
-        for task in cell:
-            expected = {"model": task.model, "data": data_spec(task.data),
-                        "config": resolve_config(task.model, task.overrides).to_dict()}
+        runs = [resolve_config(task.model, task.overrides) for task in cell]  # the cell's seeds
+        for task, run in zip(cell, runs, strict=True):
+            expected = {"model": task.model, "data": data_spec(task.data), "config": run.to_dict()}
             try:
                 state = run_state(RunDir(task.run_dir), expected)
             except LatticeRecError as exc:
@@ -241,7 +240,7 @@ def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None
             states["reusable" if state == "empty" and task.reuse_from else state] += 1
         if not error and (states["empty"] or states["cut"]):
             try:
-                build_model(run, load_data(data_spec(cell[0].data)), resolve_device(device),
+                build_model(runs[0], load_data(data_spec(cell[0].data)), resolve_device(device),
                             KnnGraphCache(cache_dir))
             except (LatticeRecError, ValueError, RuntimeError, OSError) as exc:
                 error = str(exc)
