@@ -93,9 +93,12 @@ def cmd_train(args) -> int:
     if dist is not None and device.type == "cuda":
         device = dist.device  # one GPU per rank: cuda:LOCAL_RANK
     try:
-        return _train(args, run, device, dist)
-    finally:
-        distributed.teardown(dist)
+        code = _train(args, run, device, dist)
+    except BaseException:  # possibly this rank's alone: the others may be inside another collective
+        distributed.teardown(dist, clean=False)
+        raise
+    distributed.teardown(dist)
+    return code
 
 
 def _rank_model(run, dataset, expected_hash: str, device, cache, rank: int):

@@ -204,9 +204,17 @@ def init(device: torch.device | str) -> Dist | None:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
 
 
-def teardown(ctx: Dist | None) -> None:
-    if ctx is not None and dist.is_initialized():
-        dist.destroy_process_group()
+def teardown(ctx: Dist | None, clean: bool = True) -> None:
+    """Leave the process group. ``clean`` (every rank finished the run): first meet the other ranks
+    in one last collective, so that no rank closes its connections while a peer still reads from
+    them (gloo's transport aborts a process whose peer vanished mid-transfer). After an error, which
+    may be this rank's alone (``clean=False``), it leaves at once: a last collective could meet
+    another one of a peer still training; the others learn of it when their next collective fails."""
+    if ctx is None or not dist.is_initialized():
+        return
+    if clean:
+        ctx.agree(True)
+    dist.destroy_process_group()
 
 
 def launch(nproc: int, argv: list[str]) -> int:
