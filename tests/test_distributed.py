@@ -66,8 +66,7 @@ def _rank(rank: int, port: int, folder: Path) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(WORLD), LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
-    dist = distributed.init("cpu")
-    try:
+    with distributed.joined(distributed.init("cpu")) as dist:
         for name, (model_name, overrides) in CASES.items():
             model, result = _train(model_name, overrides, folder / f"{name}-run{rank}", dist)
             _save(folder, f"{name}-rank{rank}", model, result)
@@ -80,10 +79,6 @@ def _rank(rank: int, port: int, folder: Path) -> None:
             _train(*CASES["lightgcn"], folder / f"lightgcn-run{rank}", dist)
         except LatticeRecError as exc:
             (folder / f"refused-rank{rank}.txt").write_text(str(exc))
-    except BaseException:
-        distributed.teardown(dist, clean=False)
-        raise
-    distributed.teardown(dist)
 
 
 def _last_words(path: Path) -> str:

@@ -89,16 +89,10 @@ def cmd_train(args) -> int:
     device = resolve_device(args.device)
     if nproc > 1 and not distributed.launched():
         return distributed.launch(nproc, args.argv)
-    dist = distributed.init(device)
-    if dist is not None and device.type == "cuda":
-        device = dist.device  # one GPU per rank: cuda:LOCAL_RANK
-    try:
-        code = _train(args, run, device, dist)
-    except BaseException:  # possibly this rank's alone: the others may be inside another collective
-        distributed.teardown(dist, clean=False)
-        raise
-    distributed.teardown(dist)
-    return code
+    with distributed.joined(distributed.init(device)) as dist:
+        if dist is not None and device.type == "cuda":
+            device = dist.device  # one GPU per rank: cuda:LOCAL_RANK
+        return _train(args, run, device, dist)
 
 
 def _rank_model(run, dataset, expected_hash: str, device, cache, rank: int):

@@ -27,7 +27,8 @@ import io
 import os
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -204,12 +205,23 @@ def init(device: torch.device | str) -> Dist | None:
     return Dist(rank=dist.get_rank(), world=dist.get_world_size(), device=dev)
 
 
-def teardown(ctx: Dist | None, clean: bool = True) -> None:
-    """Leave the process group. ``clean`` (every rank finished the run): first meet the other ranks
-    in one last collective, so that no rank closes its connections while a peer still reads from
-    them (gloo's transport aborts a process whose peer vanished mid-transfer). After an error, which
-    may be this rank's alone (``clean=False``), it leaves at once: a last collective could meet
+@contextmanager
+def joined(ctx: Dist | None) -> Iterator[Dist | None]:
+    """``with joined(init(device)) as ctx:`` the run, then leave the process group (nothing to do
+    for ``None``, one process). A block that ends normally (every rank finished the run) first meets
+    the other ranks in one last collective, so that no rank closes its connections while a peer
+    still reads from them (gloo's transport aborts a process whose peer vanished mid-transfer). After
+    an exception, which may be this rank's alone, it leaves at once: a last collective could meet
     another one of a peer still training; the others learn of it when their next collective fails."""
+    try:
+        yield ctx
+    except BaseException:
+        _leave(ctx, clean=False)
+        raise
+    _leave(ctx, clean=True)
+
+
+def _leave(ctx: Dist | None, clean: bool) -> None:
     if ctx is None or not dist.is_initialized():
         return
     if clean:
