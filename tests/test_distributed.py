@@ -35,6 +35,7 @@ CASES = {
     "released": ("lattice", {**COMMON, "epochs": "2", "eval_every": "2", "knn_k": "4",
                              "sampler": "user", "zero_grad": "zeros"}),
 }
+ATTEMPTS = 3  # spawns of the two ranks before a signal-killed rank fails the tests (about 9 s each)
 RESUME = ("lightgcn", {**COMMON, "epochs": "4", "eval_every": "2"})  # interrupted after epoch 2
 
 
@@ -91,19 +92,21 @@ def _last_words(path: Path) -> str:
 def spawned(tmp_path_factory):
     if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
         pytest.skip("this torch build has no gloo backend for torch.distributed")
-    # A rank killed by a signal is retried once, with a warning that carries both ranks' last
-    # words: gloo's TCP transport can abort a process from its own threads when a peer's connection
-    # closes at an unlucky moment (pytorch/pytorch#50701); a rank that raises fails at once.
-    for attempt in (1, 2):
+    # A spawn whose rank was killed by a signal is retried, up to ATTEMPTS in all, each retry with a
+    # warning that carries both ranks' last words: torch's gloo/TCPStore transport can abort a
+    # process from its own threads (pytorch/pytorch#50701, #188266); CI saw it once in two runs of
+    # this fixture, never reproduced here. A rank that raises fails at once.
+    for attempt in range(1, ATTEMPTS + 1):
         folder = tmp_path_factory.mktemp("ddp")
         try:
             torch.multiprocessing.spawn(_rank, args=(_free_port(), folder), nprocs=WORLD, join=True)
             return folder
         except torch.multiprocessing.ProcessExitedException as exc:
             report = f"{exc}; " + "; ".join(_last_words(folder / f"rank{r}.err") for r in range(WORLD))
-            if attempt == 2:
-                pytest.fail(f"twice: {report}", pytrace=False)
-            warnings.warn(f"two-rank spawn, retried once: {report}", stacklevel=1)
+            if attempt == ATTEMPTS:
+                pytest.fail(f"{ATTEMPTS} times: {report}", pytrace=False)
+            warnings.warn(f"two-rank spawn, attempt {attempt} of {ATTEMPTS} killed: {report}",
+                          stacklevel=1)
 
 
 def _load(folder: Path, name: str):
@@ -197,3 +200,17 @@ def test_cli_nproc_2_launches_ranks_and_matches_one_process(tmp_path):
         for metric, value in one[split].items():
             assert two[split][metric] == pytest.approx(value, abs=1e-6), metric
     assert not list((tmp_path / "two").glob(".lock*"))
+
+
+def test_one_machine_runs_keep_gloo_on_loopback(monkeypatch):
+    lo = distributed.loopback_interface()
+    if lo is None:
+        pytest.skip("no loopback interface named lo or lo0 on this machine")
+    monkeypatch.setattr(os, "environ", {})
+    distributed.pin_gloo_to_loopback()
+    assert os.environ == {"GLOO_SOCKET_IFNAME": lo}
+    os.environ["GLOO_SOCKET_IFNAME"] = "eth7"  # the user's choice stands
+    distributed.pin_gloo_to_loopback()
+    assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
+    assert [distributed._is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "10.0.0.1", "node7")] \
+        == [True, True, True, False, False]

@@ -24,7 +24,9 @@ nothing: same parameters, same graphs; :meth:`Dist.check_replicated` verifies it
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
+import socket
 import sys
 import uuid
 from collections.abc import Callable, Iterator
@@ -43,6 +45,31 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 def launched() -> bool:
     """Whether this process is a rank of a run that torchrun started (its environment is set)."""
     return all(k in os.environ for k in ENV_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
+
+
+def loopback_interface() -> str | None:
+    """This machine's loopback network interface (``lo`` on Linux, ``lo0`` on macOS), or None."""
+    names = {name for _, name in socket.if_nameindex()} if hasattr(socket, "if_nameindex") else set()
+    return next((n for n in ("lo", "lo0") if n in names), None)
+
+
+def pin_gloo_to_loopback() -> None:
+    """Make gloo's transport use the loopback interface, unless ``GLOO_SOCKET_IFNAME`` names one.
+    For runs whose ranks all live on this machine: left alone, gloo binds to whatever this
+    machine's hostname resolves to, which in containers and sandboxes can be an address whose
+    connections do not behave like loopback's."""
+    lo = loopback_interface()
+    if lo is not None:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", lo)
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def share(n: int, rank: int, world: int) -> slice:
@@ -182,7 +209,8 @@ class Dist:
 
 def init(device: torch.device | str) -> Dist | None:
     """Join the process group torchrun described in the environment (``env://``): NCCL when
-    ``device`` is CUDA (each rank on ``cuda:LOCAL_RANK``), gloo otherwise. None when this process
+    ``device`` is CUDA (each rank on ``cuda:LOCAL_RANK``), gloo otherwise (on the loopback interface
+    when ``MASTER_ADDR`` is a loopback address, :func:`pin_gloo_to_loopback`). None when this process
     was not launched as one of several ranks: the single-process path, unchanged."""
     if not launched():
         return None
@@ -195,6 +223,8 @@ def init(device: torch.device | str) -> Dist | None:
         torch.cuda.set_device(dev)
     else:
         dev = torch.device("cpu")
+        if _is_loopback(os.environ["MASTER_ADDR"]):  # every rank on this machine
+            pin_gloo_to_loopback()
     if not dist.is_initialized():
         try:
             dist.init_process_group(backend, init_method="env://")
@@ -233,12 +263,14 @@ def launch(nproc: int, argv: list[str]) -> int:
     """``latticerec train --nproc N``: start ``N`` ranks of ``python -m latticerec <argv>`` on this
     machine through torchrun's launcher (elastic agent, c10d rendezvous on a free local port), as
     ``torchrun --standalone --nproc-per-node N -m latticerec <argv>`` does. Each rank gets
-    ``OMP_NUM_THREADS = cores / N`` unless it is set. Returns rank 0's exit status."""
+    ``OMP_NUM_THREADS = cores / N`` unless it is set, and gloo on the loopback interface
+    (:func:`pin_gloo_to_loopback`). Returns rank 0's exit status."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    pin_gloo_to_loopback()  # every rank on this machine
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
                           rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
                           monitor_interval=0.2)
