@@ -263,17 +263,17 @@ def launch(nproc: int, argv: list[str]) -> int:
     """``latticerec train --nproc N``: start ``N`` ranks of ``python -m latticerec <argv>`` on this
     machine through torchrun's launcher (elastic agent, c10d rendezvous on a free local port), as
     ``torchrun --standalone --nproc-per-node N -m latticerec <argv>`` does. Each rank gets
-    ``OMP_NUM_THREADS = cores / N`` unless it is set, and gloo on the loopback interface
-    (:func:`pin_gloo_to_loopback`). Returns rank 0's exit status."""
+    ``OMP_NUM_THREADS = cores / N`` unless it is set. The rendezvous names 127.0.0.1 as this node's
+    address, so ``MASTER_ADDR`` is loopback and :func:`init` keeps gloo there. Returns rank 0's exit
+    status."""
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
-    pin_gloo_to_loopback()  # every rank on this machine
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
-                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", max_restarts=0,
-                          monitor_interval=0.2)
+                          rdzv_backend="c10d", rdzv_endpoint="127.0.0.1:0", local_addr="127.0.0.1",
+                          max_restarts=0, monitor_interval=0.2)
     try:
         elastic_launch(config, sys.executable)("-m", "latticerec", *argv)
     except ChildFailedError as exc:
