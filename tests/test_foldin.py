@@ -132,6 +132,8 @@ def _without_training_interactions(data, item):
     ("mmgef", "lightgcn", {}), ("mmgef", "ngcf", {"attention": "false"}),
     ("mmgef", "lightgcn", {"use_cf": "false", "feature_fusion": "concat"}),
     ("mmgef", "mf", {"lambda_coeff": "1.0", "feature_fusion": "mean"}),
+    ("lattice", "lightgcn", {"structure_weight": "0.3"}), ("micro", "mf", {"structure_weight": "2.5"}),
+    ("mmgef", "lightgcn", {"structure_weight": "0.4"}),
 ])
 def test_whole_representation_of_an_item_without_interactions(model_name, backbone, extra):
     """An item with no training interaction and a zero ID embedding is exactly a new item: its

@@ -66,6 +66,32 @@ def test_structure_embedding_matches_the_formula(blocks):
     assert torch.equal(users, bu)
 
 
+@pytest.mark.parametrize("model_name", ["lattice", "micro", "mmgef"])
+def test_structure_weight_scales_the_unit_structure_signal(blocks, model_name):
+    """``structure_weight`` w: items are ``x̃ + w h / ‖h‖`` (eq. 7 with w = 1), for every structure
+    model; MICRO's user preference vector gets the same weight."""
+    run = resolve_config(model_name, {"embed_dim": "16", "structure_weight": "0.3"})
+    model = build_model(run, blocks)
+    model.eval()
+    with torch.no_grad():
+        h = model.item_structure_embedding()
+        users, items = model.propagate()
+        bu, bi = model.backbone.propagate()
+    assert torch.allclose(items, bi + 0.3 * torch.nn.functional.normalize(h, dim=1), atol=1e-6)
+    if model_name == "micro":
+        with torch.no_grad():
+            pref = model.user_preference(h)
+        assert torch.allclose(users, bu + 0.3 * torch.nn.functional.normalize(pref, dim=1), atol=1e-6)
+    else:
+        assert torch.equal(users, bu)
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf"])
+def test_structure_weight_must_be_positive_and_finite(value):
+    with pytest.raises(ConfigError, match="structure_weight"):
+        resolve_config("lattice", {"structure_weight": value})
+
+
 def test_lambda_one_uses_the_initial_graphs_only(blocks):
     model = _lattice(blocks, lambda_coeff="1")
     assert len(model.structure.projections) == 0

@@ -47,9 +47,10 @@ class Lattice(StructureModel):
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
                  cf_feats: bool = False, feats_input: bool = False, lattice_graph: str = "per_modality",
-                 alpha_live: bool = True):
+                 alpha_live: bool = True, structure_weight: float = 1.0):
         super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=True,
-                         lattice_graph=lattice_graph, alpha_live=alpha_live)
+                         lattice_graph=lattice_graph, alpha_live=alpha_live,
+                         structure_weight=structure_weight)
 
     @classmethod
     def from_inputs(cls, cfg: LatticeConfig, inputs: ModelInputs, backbone: Backbone) -> Lattice:
@@ -57,7 +58,7 @@ class Lattice(StructureModel):
         if cfg.train_features:
             structure.train_raw_features()
         return cls(backbone, structure, cfg.item_layers, cfg.cf_feats, cfg.feats_input,
-                   cfg.lattice_graph, cfg.alpha_live)
+                   cfg.lattice_graph, cfg.alpha_live, cfg.structure_weight)
 
     def item_structure_embedding(self) -> torch.Tensor:
         """``H = A^L X`` with ``A = Σ_m α_m A_m`` (or the ``CF+feats`` ablation's ``Σ_m α_m ẽ_m``);

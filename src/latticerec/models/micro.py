@@ -155,10 +155,12 @@ class Micro(StructureModel):
                  fusion: bool = True, specific: bool = True, preference: bool = True,
                  beta_c: float = 0.06, beta_s: float = 0.1, tau: float = 0.5,
                  cl_batch: int = 1024, cl_negatives: str = "batch", cl_chunk: int = 4096,
-                 att_init: str = "xavier", lattice_graph: str = "per_modality", alpha_live: bool = True):
+                 att_init: str = "xavier", lattice_graph: str = "per_modality", alpha_live: bool = True,
+                 structure_weight: float = 1.0):
         # without fusion: LATTICE's modality weights and graph options, under LATTICE's names
         super().__init__(backbone, structure, item_layers, cf_feats, feats_input, modality_weights=not fusion,
-                         lattice_graph=lattice_graph, alpha_live=alpha_live)
+                         lattice_graph=lattice_graph, alpha_live=alpha_live,
+                         structure_weight=structure_weight)
         self.fusion, self.specific, self.preference = fusion, specific, preference
         self.beta_c, self.beta_s, self.tau = beta_c, beta_s, tau
         self.cl_batch, self.cl_negatives, self.cl_chunk = cl_batch, cl_negatives, cl_chunk
@@ -188,7 +190,8 @@ class Micro(StructureModel):
                    fusion=cfg.fusion, specific=cfg.specific, preference=cfg.preference,
                    beta_c=cfg.beta_c, beta_s=cfg.beta_s, tau=cfg.tau, cl_batch=cfg.cl_batch,
                    cl_negatives=cfg.cl_negatives, cl_chunk=cfg.cl_chunk, att_init=cfg.att_init,
-                   lattice_graph=cfg.lattice_graph, alpha_live=cfg.alpha_live)
+                   lattice_graph=cfg.lattice_graph, alpha_live=cfg.alpha_live,
+                   structure_weight=cfg.structure_weight)
 
     # -- MICRO ---------------------------------------------------------------------------------
     def shared_attention(self, modal: torch.Tensor) -> torch.Tensor:
@@ -223,12 +226,13 @@ class Micro(StructureModel):
         """Scores' user and item sides (eq. 17) plus the intermediate embeddings the losses need."""
         users, items = self.backbone.propagate()
         if not self.fusion:
-            return users, add_item_signal(items, self.item_structure_embedding()), None, {}
+            items = add_item_signal(items, self.item_structure_embedding(), self.structure_weight)
+            return users, items, None, {}
         modal = self.modality_embeddings()
         parts = self.fuse(modal)
         if self.preference:
-            users = add_item_signal(users, self.user_preference(parts["item"]))
-        return users, add_item_signal(items, parts["item"]), modal, parts
+            users = add_item_signal(users, self.user_preference(parts["item"]), self.structure_weight)
+        return users, add_item_signal(items, parts["item"], self.structure_weight), modal, parts
 
     def propagate(self):
         users, items, _, _ = self._forward()

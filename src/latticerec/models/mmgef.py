@@ -129,8 +129,8 @@ class MMGEF(StructureModel):
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, cf_graph: torch.Tensor | None,
                  item_layers: int = 1, attention: bool = True, cf_symmetric: bool = False,
-                 fusion: tuple[tuple[str, ...], str] = ((), "norm_mean")):
-        super().__init__(backbone, structure, item_layers)
+                 fusion: tuple[tuple[str, ...], str] = ((), "norm_mean"), structure_weight: float = 1.0):
+        super().__init__(backbone, structure, item_layers, structure_weight=structure_weight)
         # the modalities and rule of the early-fused feature (what a new item needs)
         self.fusion_modalities, self.feature_fusion = tuple(fusion[0]), fusion[1]
         self.use_cf = cf_graph is not None
@@ -153,7 +153,7 @@ class MMGEF(StructureModel):
                                     cfg.lambda_coeff, search=search)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)
         return cls(backbone, structure, cf, cfg.item_layers, cfg.attention, cf_symmetric=cfg.cooc_topk == 0,
-                   fusion=(tuple(names), cfg.feature_fusion))
+                   fusion=(tuple(names), cfg.feature_fusion), structure_weight=cfg.structure_weight)
 
     def content_terms(self):
         """``E^m`` (eq. 1-2 with LATTICE's skip connection) as weighted sparse terms."""

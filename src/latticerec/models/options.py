@@ -20,6 +20,7 @@ inheritance), so a composed config runs every check exactly once.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from latticerec.graphs.ann import AUTO_ITEMS, KnnSearch
@@ -85,12 +86,16 @@ class KnnBackend(_Group):
 @dataclass(frozen=True)
 class Structure(KnnBackend, Modalities):
     """The latent structure learner (eq. 1-6) and the backbone it is plugged into: ``knn_k`` (k of
-    eq. 2), ``lambda_coeff`` (λ of eq. 5; 1 = the initial graphs only), ``item_layers`` (L of eq. 6)."""
+    eq. 2), ``lambda_coeff`` (λ of eq. 5; 1 = the initial graphs only), ``item_layers`` (L of eq. 6),
+    ``structure_weight`` (``w`` of ``x̃_i + w h_i / ‖h_i‖``, LATTICE eq. 7 / MICRO eq. 17-18; the
+    papers' 1: the unit-length structure signal; less lets a backbone whose L2 weight keeps its
+    embeddings short, well under unit length, still carry the collaborative signal)."""
 
     backbone: str = "lightgcn"
     knn_k: int = 10
     lambda_coeff: float = LATTICE_LAMBDA
     item_layers: int = 1
+    structure_weight: float = 1.0
 
     def __post_init__(self):
         if self.knn_k < 1:
@@ -99,6 +104,8 @@ class Structure(KnnBackend, Modalities):
             raise ValueError("lambda_coeff must lie in [0, 1]")
         if self.item_layers < 0:
             raise ValueError("item_layers must be >= 0")
+        if not (math.isfinite(self.structure_weight) and self.structure_weight > 0):
+            raise ValueError("structure_weight must be a finite number > 0")
         super().__post_init__()
 
     def skip_lambda(self) -> float:

@@ -192,13 +192,16 @@ def propagate_items(terms: GraphTerms, x: torch.Tensor, n_layers: int) -> torch.
     return x
 
 
-def add_item_signal(items: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """``x̃_i + h_i / ‖h_i‖``. A backbone whose output stacks ``r`` blocks of width ``d`` (NGCF's
-    layer concatenation) gets ``h`` added to every block, i.e. to each layer's item embedding."""
+def add_item_signal(items: torch.Tensor, h: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
+    """``x̃_i + w h_i / ‖h_i‖`` (LATTICE eq. 7 with the papers' ``w = 1``; ``structure_weight``). A
+    backbone whose output stacks ``r`` blocks of width ``d`` (NGCF's layer concatenation) gets ``h``
+    added to every block, i.e. to each layer's item embedding."""
     reps, rem = divmod(items.shape[1], h.shape[1])
     if rem:
         raise ValueError(f"backbone width {items.shape[1]} is not a multiple of {h.shape[1]}")
     h = F.normalize(h, p=2, dim=1)
+    if weight != 1.0:
+        h = h * weight
     return items + (h.repeat(1, reps) if reps > 1 else h)
 
 
@@ -211,7 +214,8 @@ class StructureModel(Recommender):
     """What LATTICE, MICRO and MM-GEF share: the backbone they wrap (its ID tables carry the L2
     term), a :class:`LatentStructure` whose learned graphs are rebuilt once per epoch, the item
     convolution of eq. 6 (``item_layers`` steps from ``X``), and scores with
-    ``item_structure_embedding()`` added to the backbone's items (L2-normalised).
+    ``item_structure_embedding()`` added to the backbone's items (L2-normalised, times
+    ``structure_weight``).
 
     ``X`` is the backbone's item ID table, or the mean projected feature with ``feats_input``;
     ``cf_feats`` replaces the convolution by the projected features. ``modality_weights=True`` adds
@@ -221,9 +225,11 @@ class StructureModel(Recommender):
 
     def __init__(self, backbone: Backbone, structure: LatentStructure, item_layers: int = 1,
                  cf_feats: bool = False, feats_input: bool = False, modality_weights: bool = False,
-                 lattice_graph: str = "per_modality", alpha_live: bool = True):
+                 lattice_graph: str = "per_modality", alpha_live: bool = True,
+                 structure_weight: float = 1.0):
         super().__init__()
         self.backbone, self.structure = backbone, structure
+        self.structure_weight = float(structure_weight)
         self.reg_weight = backbone.reg_weight
         self.item_layers, self.cf_feats, self.feats_input = item_layers, cf_feats, feats_input
         if (cf_feats or feats_input) and not len(structure.projections):
@@ -258,7 +264,7 @@ class StructureModel(Recommender):
 
     def propagate(self):
         users, items = self.backbone.propagate()
-        return users, add_item_signal(items, self.item_structure_embedding())
+        return users, add_item_signal(items, self.item_structure_embedding(), self.structure_weight)
 
     def item_input(self) -> torch.Tensor:
         """``X`` of eq. 6: the backbone's item ID embeddings, or :func:`feature_input` (``feats_input``)."""

@@ -173,7 +173,7 @@ def _structure_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
             "modalities": {m: int(dataset.features[m].shape[1]) for m in st.names},
             "k": int(st.knn_k), "lambda": float(st.lam), "learn": bool(st.learn and not cf_feats),
             "item_layers": int(model.item_layers), "cf_feats": cf_feats, "feats_input": feats_input,
-            "embed_dim": int(model.backbone.embed_dim)}
+            "embed_dim": int(model.backbone.embed_dim), "structure_weight": float(model.structure_weight)}
     arrays = {"isolated": _isolated_item(model.backbone)}
     _cf_part_arrays(model, spec, arrays, "isolated" if cf_feats else cf_part)
     if fused:
@@ -245,7 +245,7 @@ def _mmgef_export(model, dataset, cf_part: str) -> tuple[dict, dict]:
             "k": int(st.knn_k), "lambda": float(st.lam), "learn": bool(st.learn),
             "item_layers": int(model.item_layers), "cf_feats": False, "feats_input": False,
             "embed_dim": int(model.backbone.embed_dim), "use_cf": bool(model.use_cf),
-            "attention": attention}
+            "attention": attention, "structure_weight": float(model.structure_weight)}
     arrays["isolated"] = _isolated_item(model.backbone)
     _cf_part_arrays(model, spec, arrays, cf_part)
     for m in st.projections:
@@ -491,10 +491,14 @@ class StructureFoldIn(FoldIn):
             self.learn, self.layers = bool(spec["learn"]), int(spec["item_layers"])
             self.cf_feats, self.feats_input = bool(spec["cf_feats"]), bool(spec["feats_input"])
             d = int(spec["embed_dim"])
+            # exports made before the option have the papers' 1
+            self.weight = float(spec.get("structure_weight", 1.0))
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"fold-in spec: missing or invalid field ({exc})") from None
         if self.k < 1 or not 0 <= self.lam <= 1 or self.layers < 0 or d < 1:
             raise ValueError("fold-in spec: k, lambda, item_layers or embed_dim out of range")
+        if not (math.isfinite(self.weight) and self.weight > 0):
+            raise ValueError("fold-in spec: structure_weight must be a finite number > 0")
         self.fused = spec["kind"] == "micro"
         self.specific = bool(spec.get("specific", False))
         self.isolated = _check_array(arrays, "isolated", (None,))
@@ -595,9 +599,9 @@ class StructureFoldIn(FoldIn):
         return (row.weight[keep] / total) @ self.item_cf[row.index[keep]]
 
     def _representation(self, h: np.ndarray, row: Row | None = None) -> np.ndarray:
-        """``c + h / ‖h‖`` with ``h`` repeated over the backbone's blocks (NGCF); ``row``: the new
-        item's graph row (the neighbours of ``cf_part="neighbours"``)."""
-        unit = _unit(np.asarray(h, dtype=np.float32))
+        """``c + w h / ‖h‖`` (``w``: ``structure_weight``) with ``h`` repeated over the backbone's
+        blocks (NGCF); ``row``: the new item's graph row (the neighbours of ``cf_part="neighbours"``)."""
+        unit = self.weight * _unit(np.asarray(h, dtype=np.float32))
         reps = self.isolated.shape[0] // unit.shape[0]
         return (self._cf(row) + np.tile(unit, reps)).astype(np.float32)
 
