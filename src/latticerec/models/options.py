@@ -35,9 +35,11 @@ LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
 # reaches 1e-1: on TikTok LightGCN's validation optimum is near 2e-2-3e-2 (docs/accuracy.md).
 EMBEDDING_SPACE = {"lr": ("log", 1e-4, 1e-2), "reg": ("log", 1e-6, 1e-1)}
 # the structure learner's space, with the backbone's lr and L2 weight: the part LATTICE, MICRO and
-# MM-GEF share
+# MM-GEF share. structure_weight around the papers' 1: at the large L2 weights that suit LightGCN on
+# TikTok its item outputs are ~0.5 long and a unit-length structure signal outweighs them
+# (docs/accuracy.md, session 16)
 STRUCTURE_SPACE = {**EMBEDDING_SPACE, "knn_k": ("int", 5, 50), "lambda_coeff": ("float", 0.0, 1.0),
-                   "item_layers": ("int", 1, 6)}
+                   "item_layers": ("int", 1, 6), "structure_weight": ("log", 0.05, 2.0)}
 
 
 @dataclass(frozen=True)
