@@ -68,7 +68,7 @@ def test_structure_embedding_matches_the_formula(blocks):
 
 @pytest.mark.parametrize("model_name", ["lattice", "micro", "mmgef"])
 def test_structure_weight_scales_the_unit_structure_signal(blocks, model_name):
-    """``structure_weight`` w: items are ``x̃ + w h / ‖h‖`` (eq. 7 with w = 1), for every structure
+    """``structure_weight`` w: items are ``x̃ + w h / ‖h‖`` (the papers' w = 1), for every structure
     model; MICRO's user preference vector gets the same weight."""
     run = resolve_config(model_name, {"embed_dim": "16", "structure_weight": "0.3"})
     model = build_model(run, blocks)

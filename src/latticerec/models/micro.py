@@ -17,6 +17,7 @@ Equation numbers follow sections 3.1-3.5 of the paper:
             ``h_i = α_c,i h_c,i + Σ_m α_s,i^m h_s,i^m``;
 * eq. 16    user preference ``h_u = mean_{i ∈ I_u} h_i`` (row-normalised training matrix times ``H``);
 * eq. 17    ``ŷ_ui = (x̃_u + h_u/‖h_u‖)ᵀ (x̃_i + h_i/‖h_i‖)`` with the backbone's ``x̃_u, x̃_i``;
+           ``structure_weight`` w scales both unit vectors (the paper: w = 1);
 * eq. 18-19 ``L = L_BPR + β_C L_C + β_S L_S`` (plus the backbone's L2 term, as in LATTICE).
 
 The learned graphs are rebuilt once per epoch exactly as in LATTICE (:meth:`on_epoch_start`).

@@ -89,7 +89,7 @@ class KnnBackend(_Group):
 class Structure(KnnBackend, Modalities):
     """The latent structure learner (eq. 1-6) and the backbone it is plugged into: ``knn_k`` (k of
     eq. 2), ``lambda_coeff`` (λ of eq. 5; 1 = the initial graphs only), ``item_layers`` (L of eq. 6),
-    ``structure_weight`` (``w`` of ``x̃_i + w h_i / ‖h_i‖``, LATTICE eq. 7 / MICRO eq. 17-18; the
+    ``structure_weight`` (``w`` of ``x̃_i + w h_i / ‖h_i‖``, LATTICE's sum after eq. 6 / MICRO eq. 17; the
     papers' 1: the unit-length structure signal; less lets a backbone whose L2 weight keeps its
     embeddings short, well under unit length, still carry the collaborative signal)."""
 

@@ -193,9 +193,9 @@ def propagate_items(terms: GraphTerms, x: torch.Tensor, n_layers: int) -> torch.
 
 
 def add_item_signal(items: torch.Tensor, h: torch.Tensor, weight: float = 1.0) -> torch.Tensor:
-    """``x̃_i + w h_i / ‖h_i‖`` (LATTICE eq. 7 with the papers' ``w = 1``; ``structure_weight``). A
-    backbone whose output stacks ``r`` blocks of width ``d`` (NGCF's layer concatenation) gets ``h``
-    added to every block, i.e. to each layer's item embedding."""
+    """``x̃_i + w h_i / ‖h_i‖`` (LATTICE's sum after eq. 6, MICRO eq. 17, both with ``w = 1``;
+    ``structure_weight``). A backbone whose output stacks ``r`` blocks of width ``d`` (NGCF's layer
+    concatenation) gets ``h`` added to every block, i.e. to each layer's item embedding."""
     reps, rem = divmod(items.shape[1], h.shape[1])
     if rem:
         raise ValueError(f"backbone width {items.shape[1]} is not a multiple of {h.shape[1]}")
