@@ -527,3 +527,55 @@ def test_check_on_baby_passes_its_graph_spec_and_fails_a_lattice_that_would_lear
     assert main(["experiment", str(spec), *common]) == 2
     err = capsys.readouterr().err
     assert "lattice/baby/default: 1 to train: FAILS:" in err and "set lambda_coeff=1" in err
+
+
+STARTED = """
+name = "started"
+datasets = ["synthetic"]
+seeds = [0]
+[options]
+epochs = 1
+embed_dim = 8
+[tune]
+trials = 2
+[[models]]
+label = "lattice"
+tune_start = "lightgcn"
+[[models]]
+label = "lightgcn"
+"""
+
+
+@pytest.mark.parametrize("change, needle", [
+    (("[tune]\ntrials = 2\n", ""), "models (lattice): tune_start needs a [tune] table"),
+    (('tune_start = "lightgcn"', 'tune_start = "lgcn"'), "tune_start 'lgcn' is not another model's label"),
+    (('tune_start = "lightgcn"', 'tune_start = "lattice"'), "tune_start 'lattice' is not another model"),
+    (('tune_start = "lightgcn"', "tune_start = 3"), "tune_start must be a model label, got 3"),
+    (("trials = 2\n", 'trials = 2\nmodels = ["lattice"]\n'), "tune_start 'lightgcn': lightgcn not tuned"),
+    (('label = "lightgcn"', 'label = "lightgcn"\ntune_start = "lattice"'), "starts from 'lattice' in turn"),
+    (('label = "lightgcn"', 'label = "lightgcn"\ngrid = { n_layers = [1, 2] }'),
+     "models (lightgcn): a tune_start model cannot have a grid of its own"),
+])
+def test_a_bad_tune_start_is_an_error_naming_the_file(tmp_path, change, needle):
+    with pytest.raises(ConfigError, match=re.escape(needle)) as err:
+        load_spec(write_spec(tmp_path, STARTED.replace(*change)))
+    assert "spec.toml" in str(err.value)
+
+
+def test_a_tune_start_study_runs_after_the_one_it_starts_from_and_begins_at_its_best(tmp_path, capsys):
+    import optuna
+
+    from latticerec.experiment.spec import plan_studies
+
+    spec_path, out = write_spec(tmp_path, STARTED), tmp_path / "out"
+    studies = plan_studies(load_spec(spec_path), out)
+    assert [(s.label, s.start_from) for s in studies] == [
+        ("lattice", str(out / "tune" / "lightgcn" / "synthetic" / "default")), ("lightgcn", None)]
+    # alone, before the study it starts from has finished: a clear error, nothing trained
+    assert main(["experiment", str(spec_path), "--out", str(out), "--models", "lattice"]) == 2
+    assert "best_trial.json is missing (the study has not finished)" in capsys.readouterr().err
+    assert main(["experiment", str(spec_path), "--out", str(out), "--jobs", "2"]) == 0  # lightgcn first
+    best = json.loads((out / "tune" / "lightgcn" / "synthetic" / "default" / "best_trial.json").read_text())
+    db = out / "tune" / "lattice" / "synthetic" / "default" / "study.db"
+    first = optuna.load_study(study_name="lattice-synthetic", storage=f"sqlite:///{db}").trials[0]
+    assert {k: first.params[k] for k in best["best_params"]} == best["best_params"]

@@ -177,3 +177,78 @@ def test_a_wrapping_model_also_tunes_its_backbones_options():
     assert ngcf["mess_dropout"] == search_space("ngcf")["mess_dropout"] and "cooc_topk" in ngcf
     assert "n_layers" not in search_space("lattice", {"n_layers": 2})  # held fixed: not tuned
     assert search_space("lattice")["item_layers"] == ("int", 1, 6)  # the model's own space is kept
+
+
+def test_a_study_starts_from_another_studys_best_then_samples_within_the_same_budget(tmp_path, capsys):
+    from latticerec.experiment.tune import start_point
+
+    backbone = tune("lightgcn", "synthetic", 2, tmp_path / "lgcn", epochs=1, fixed=FIXED, log=lambda m: None)
+    best = backbone["best_params"]
+    assert set(best) == {"lr", "reg", "n_layers"}
+    assert start_point(tmp_path / "lgcn") == best == start_point(tmp_path / "lgcn" / "best_trial.json")
+    out = tmp_path / "lattice"
+    assert main(["tune", "--model", "lattice", "--data", "synthetic", "--trials", "2", "--epochs", "1",
+                 "--out", str(out), "--set", "embed_dim=8", "--start-from", str(tmp_path / "lgcn")]) == 0
+    capsys.readouterr()
+    study = optuna.load_study(study_name="lattice-synthetic", storage=f"sqlite:///{out / 'study.db'}")
+    first, second = study.trials
+    defaults = resolve_config("lattice").model_config
+    assert first.params == {**best, "knn_k": defaults.knn_k, "lambda_coeff": defaults.lambda_coeff,
+                            "item_layers": defaults.item_layers,
+                            "structure_weight": defaults.structure_weight}
+    assert second.params != first.params  # then TPE samples
+    assert study.user_attrs["settings"]["start"] == first.params
+    # resumed with one more trial: the start point is not trained twice
+    record = tune("lattice", "synthetic", 3, out, epochs=1, fixed=FIXED, log=lambda m: None, start=best)
+    trials = optuna.load_study(study_name="lattice-synthetic", storage=f"sqlite:///{out / 'study.db'}").trials
+    assert sum(record["trials"].values()) == 3 and [t.params for t in trials].count(first.params) == 1
+    with pytest.raises(Exception, match="other settings \\(start\\)"):  # another start: another study
+        tune("lattice", "synthetic", 3, out, epochs=1, fixed=FIXED, log=lambda m: None,
+             start={**best, "n_layers": 1 + best["n_layers"] % 4})
+
+
+def test_a_bad_start_point_is_a_clear_error(tmp_path):
+    from latticerec.experiment.tune import start_point, start_trial
+
+    space = search_space("lattice")
+    with pytest.raises(ConfigError, match="best_trial.json is missing"):
+        start_point(tmp_path)
+    (tmp_path / "best_trial.json").write_text("{not json")
+    with pytest.raises(ConfigError, match="not a readable best_trial.json"):
+        start_point(tmp_path)
+    (tmp_path / "best_trial.json").write_text(json.dumps({"best_params": {"lr": [1]}}))
+    with pytest.raises(ConfigError, match="'best_params' must be"):
+        start_point(tmp_path / "best_trial.json")
+    with pytest.raises(ConfigError, match=r"lr=0\.5 is outside lattice's search space \(log \[0\.0001"):
+        start_trial("lattice", space, {"lr": 0.5}, {})
+    with pytest.raises(ConfigError, match="n_layers=2.5 is outside"):
+        start_trial("lattice", space, {"n_layers": 2.5}, {})
+    with pytest.raises(ConfigError, match="none of its options \\(knn_k_typo\\) is tuned"):
+        start_trial("lattice", space, {"knn_k_typo": 10}, {})
+    # an option the space does not tune is left out; a default out of range is left to the sampler
+    assert start_trial("lattice", {"lr": ("log", 1e-4, 1e-2), "knn_k": ("int", 5, 50)},
+                       {"lr": 1e-3, "mess_dropout": 0.1}, {"knn_k": 100}) == {"lr": 1e-3}
+
+
+def test_a_start_trial_lost_with_a_killed_process_is_trained_again(tmp_path):
+    from latticerec.experiment.runner import flat_options
+    from latticerec.experiment.tune import start_trial, suggest
+
+    space = search_space("lattice", FIXED)
+    start = start_trial("lattice", space, {"lr": 2e-3, "reg": 1e-3, "n_layers": 2},
+                        flat_options(resolve_config("lattice", FIXED).to_dict()))
+    storage = f"sqlite:///{tmp_path / 'study' / 'study.db'}"
+    (tmp_path / "study").mkdir()
+    study = optuna.create_study(study_name="lattice-synthetic", storage=storage, direction="maximize")
+    study.enqueue_trial(start)
+    lost = study.ask()
+    assert suggest(lost, space) == start  # the start trial, running ...
+    pid = os.fork()
+    if pid == 0:
+        os._exit(0)
+    os.waitpid(pid, 0)
+    lost.set_user_attr("owner", f"{pid} {__import__('socket').gethostname()}")  # ... in a dead process
+    record = run_tune(tmp_path, 1, start=start)
+    trials = optuna.load_study(study_name="lattice-synthetic", storage=storage).trials
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].params == start
+    assert trials[0].user_attrs["killed"] and record["best_trial"] == 1

@@ -30,8 +30,11 @@ def cmd_experiment(args) -> int:
     if studies:
         print(f"experiment {spec.name}: tuning {len(studies)} cells first ({spec.tune.trials} optuna trials "
               f"each on valid {spec.tune.metric}, {args.jobs} at a time)", file=sys.stderr)
-        outcomes = run_studies(studies, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
-                               log=lambda m: print(m, file=sys.stderr))
+        outcomes = []
+        for wave in ([s for s in studies if not s.start_from], [s for s in studies if s.start_from]):
+            if wave:  # the studies others start from (tune_start) first
+                outcomes += run_studies(wave, jobs=args.jobs, device=args.device, cache_dir=args.cache_dir,
+                                        log=lambda m: print(m, file=sys.stderr))
         failed = [f"{o['run_dir']}: {o['error']}" for o in outcomes if o["state"] == "failed"]
         if failed:
             raise LatticeRecError(f"{len(failed)} of {len(studies)} studies failed (rerun the command to "
@@ -79,13 +82,14 @@ def cmd_report(args) -> int:
 
 
 def cmd_tune(args) -> int:
-    from latticerec.experiment.tune import tune
+    from latticerec.experiment.tune import start_point, tune
 
     out = Path(args.out or Path("runs") / f"tune-{args.model}-{Path(args.data).name}")
+    start = start_point(args.start_from) if args.start_from else None
     record = tune(args.model, args.data, args.trials, out, storage=args.storage,
                   study_name=args.study_name, metric=args.metric, epochs=args.epochs,
                   fixed=_set_options(args.set), seed=args.seed, warmup=args.warmup, device=args.device,
-                  cache_dir=args.cache_dir, log=lambda m: print(m, file=sys.stderr))
+                  cache_dir=args.cache_dir, start=start, log=lambda m: print(m, file=sys.stderr))
     print(f"best trial {record['best_trial']} of {sum(record['trials'].values())}: valid "
           f"{record['metric']} {record['best_valid']:.4f}; its test metrics (read once, now): "
           + ", ".join(f"{k} {record['test'][k]:.4f}" for k in ("recall@20", "ndcg@20")))
@@ -157,6 +161,9 @@ def add_experiment_parser(sub) -> None:
                    "trial (default 5)")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="fixed options of every trial (not tuned)")
+    t.add_argument("--start-from", metavar="DIR", help="a finished study's folder (or its "
+                   "best_trial.json): the first trial trains its best options (e.g. a wrapped backbone's "
+                   "study), within the same --trials")
     _common(t)
     t.set_defaults(func=cmd_tune)
 

@@ -292,12 +292,13 @@ def run_study(study, device: str = "cpu", cache_dir: str | None = None) -> dict:
     """Run (or resume) one tuned cell's optuna study (:class:`~latticerec.experiment.spec.StudyTask`)
     to its ``trials``; validation only: the best trial is not evaluated on test here (the cell's
     seeds are, once trained)."""
-    from latticerec.experiment.tune import tune
+    from latticerec.experiment.tune import start_point, tune
 
     start = time.perf_counter()
+    first = start_point(study.start_from) if study.start_from else None
     record = tune(study.model, study.data, study.trials, study.out, metric=study.metric,
                   epochs=study.epochs, fixed=study.fixed, seed=study.seed, device=device,
-                  cache_dir=cache_dir, evaluate_test=False, log=lambda m: None)
+                  cache_dir=cache_dir, evaluate_test=False, start=first, log=lambda m: None)
     return {"run_dir": study.run_dir, "state": "tuned", "best_valid": record["best_valid"],
             "trials": sum(record["trials"].values()), "seconds": round(time.perf_counter() - start, 2)}
 

@@ -33,6 +33,7 @@
     reference = "lightgcn"                  # optional: this model's own reference ("" for none)
     options = { backbone = "lightgcn" }
     grid = { knn_k = [5, 10, 20] }          # this model only, crossed with the global grid
+    tune_start = "lightgcn"                 # optional: its studies' first trial is lightgcn's best
 
 Unknown keys, wrong types and bad values are errors naming the file (and the model table); model
 names and options are checked against the registry when the grid is planned (:func:`plan`, at run
@@ -45,7 +46,10 @@ optuna study on the validation split (:func:`~latticerec.experiment.tune.tune`, 
 point>``, ``trials`` trials for every cell, so every tuned model gets the same budget; its runs then
 train with the study's best options on top of the cell's. The reference cell of a cell is the reference
 label's cell on the same dataset at the same global grid point (so the reference model has no
-grid of its own).
+grid of its own). ``tune_start`` names a tuned label whose study (same dataset, same global grid
+point; no grid of its own) must finish first: its best options are the first trial of this
+label's studies (``tune --start-from``), within the same ``trials``; ``experiment`` runs such
+studies after the others.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ from latticerec.errors import ConfigError
 TOP_KEYS = ("name", "description", "datasets", "seeds", "reference", "metrics", "alpha", "options",
             "grid", "tune", "published", "models")
 TUNE_KEYS = ("trials", "metric", "epochs", "seed", "models")
-MODEL_KEYS = ("label", "model", "reference", "options", "grid")
+MODEL_KEYS = ("label", "model", "reference", "options", "grid", "tune_start")
 RESERVED = ("seed",)  # set by the spec's seeds, not as an option
 _LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
 _METRIC = re.compile(r"(recall|precision|ndcg|hit)@[0-9]+")
@@ -75,6 +79,7 @@ class ModelEntry:
     reference: str | None = None  # None: the spec's reference
     options: dict[str, Any] = field(default_factory=dict)
     grid: dict[str, list] = field(default_factory=dict)
+    tune_start: str | None = None  # a tuned label: its study's best options start this one's studies
 
 
 @dataclass(frozen=True)
@@ -168,9 +173,12 @@ def _model(path, i: int, table) -> ModelEntry:
     ref = table.get("reference")
     if ref is not None and not isinstance(ref, str):
         _fail(path, where, f"reference must be a label or \"\", got {ref!r}")
+    start = table.get("tune_start")
+    if start is not None and not isinstance(start, str):
+        _fail(path, where, f"tune_start must be a model label, got {start!r}")
     return ModelEntry(label=label, model=model, reference=ref,
                       options=_options(path, where, table.get("options", {}), "options"),
-                      grid=_grid(path, where, table.get("grid", {}), "grid"))
+                      grid=_grid(path, where, table.get("grid", {}), "grid"), tune_start=start)
 
 
 def _positive_int(path, where: str, value, name: str) -> int:
@@ -288,7 +296,28 @@ def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
         if ref is not None and next(e for e in models if e.label == ref).grid:
             _fail(path, f"models ({ref})", "a reference model cannot have a grid of its own (its cells "
                   "are matched to the others' by dataset and global grid point)")
+        if m.tune_start is not None:
+            _check_tune_start(spec, m, labels)
     return spec
+
+
+def _check_tune_start(spec: ExperimentSpec, entry: ModelEntry, labels: list[str]) -> None:
+    where, start = f"models ({entry.label})", entry.tune_start
+    if spec.tune is None:
+        _fail(spec.path, where, "tune_start needs a [tune] table")
+    if start not in labels or start == entry.label:
+        _fail(spec.path, where, f"tune_start {start!r} is not another model's label ({', '.join(labels)})")
+    target = next(e for e in spec.models if e.label == start)
+    untuned = [e.label for e in (entry, target) if spec.tune.models is not None
+               and e.label not in spec.tune.models]  # without [tune] models: known when planned
+    if untuned:
+        _fail(spec.path, where, f"tune_start {start!r}: {' and '.join(untuned)} not tuned ([tune] models)")
+    if target.tune_start is not None:
+        _fail(spec.path, where, f"tune_start {start!r} starts from {target.tune_start!r} in turn: a study "
+              "can only start from one that starts from nothing")
+    if target.grid:
+        _fail(spec.path, f"models ({start})", "a tune_start model cannot have a grid of its own (its "
+              "study is matched to the others' by dataset and global grid point)")
 
 
 def load_spec(path: str | Path) -> ExperimentSpec:
@@ -331,6 +360,7 @@ class StudyTask:
     metric: str
     epochs: int
     seed: int
+    start_from: str | None = None  # the folder of the study whose best options are the first trial
 
     @property
     def run_dir(self) -> str:
@@ -365,9 +395,13 @@ def plan_studies(spec: ExperimentSpec, out: str | Path, extra: dict | None = Non
         fixed.pop("epochs", None)  # the trials' cap is the study's
         folder = Path(out) / "tune" / entry.label / Path(data).name / point_name(point)
         seed = spec.seeds[0] if spec.tune.seed is None else spec.tune.seed
+        start = None
+        if entry.tune_start is not None:  # same dataset and global grid point
+            g_point = {k: v for k, v in point.items() if k in spec.grid}
+            start = str(Path(out) / "tune" / entry.tune_start / Path(data).name / point_name(g_point))
         studies.append(StudyTask(label=entry.label, model=entry.model, data=data, grid=point, fixed=fixed,
                                  out=str(folder), trials=spec.tune.trials, metric=spec.tune.metric,
-                                 epochs=epochs, seed=seed))
+                                 epochs=epochs, seed=seed, start_from=start))
     return studies
 
 

@@ -12,6 +12,12 @@ evaluated on the test split, once, and reported.
 A study in SQLite (``--storage sqlite:///study.db``, by default ``OUT/study.db``) resumes: the
 trials already finished or pruned count towards ``--trials``; a trial left running by a killed
 process (its process id is gone) is marked failed and replaced.
+
+A study can start from a known point (``--start-from DIR``, another finished study's folder; in a
+spec, ``tune_start = "LABEL"``): its first trial trains the best options of that study (the
+options this model's space tunes; the others at this model's defaults), then TPE goes on as usual,
+within the same number of trials (optuna's ``enqueue_trial``). A structure model that wraps LightGCN
+can so start where LightGCN's own study ended. The start is part of the study's settings.
 """
 
 from __future__ import annotations
@@ -68,6 +74,55 @@ def suggest(trial, space: dict[str, tuple]) -> dict[str, Any]:
     return out
 
 
+def start_point(path: str | Path) -> dict[str, Any]:
+    """The best options of a finished study (``best_params`` of its ``best_trial.json``; ``path``
+    is the study's folder or that file), checked; a :class:`ConfigError` names the file."""
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / "best_trial.json"
+    if not file.is_file():
+        raise ConfigError(f"--start-from {path}: {file} is missing (the study has not finished)")
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"--start-from {file}: not a readable best_trial.json ({exc})") from None
+    params = record.get("best_params") if isinstance(record, dict) else None
+    if not isinstance(params, dict) or not params or not all(
+            isinstance(k, str) and isinstance(v, (int, float, str, bool)) and not isinstance(v, bool)
+            for k, v in params.items()):
+        raise ConfigError(f"--start-from {file}: 'best_params' must be a non-empty table of options "
+                          f"to numbers or strings, got {params!r}")
+    return params
+
+
+def start_trial(model: str, space: dict[str, tuple], start: dict[str, Any],
+                defaults: dict[str, Any]) -> dict[str, Any]:
+    """The first trial's values: ``start``'s values for the options ``space`` tunes (each within its
+    range), the model's ``defaults`` for the others where they lie in the range (the sampler draws
+    the rest). Options of ``start`` that ``space`` does not tune are left out (a backbone's study
+    may tune options the wrapping model holds fixed); a value out of range is a :class:`ConfigError`."""
+    import math
+
+    values = {}
+    for key, (kind, *args) in space.items():
+        given = key in start
+        value = start[key] if given else defaults.get(key)
+        if kind == "choice":
+            ok = value in list(args[0])
+        else:
+            ok = (isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+                  and args[0] <= value <= args[1] and (kind != "int" or float(value).is_integer()))
+        if ok:
+            values[key] = int(value) if kind == "int" else value if kind == "choice" else float(value)
+        elif given:
+            bounds = args[0] if kind == "choice" else f"[{args[0]}, {args[1]}]"
+            raise ConfigError(f"--start-from: {key}={value!r} is outside {model}'s search space "
+                              f"({kind} {bounds})")
+    if not any(key in start for key in values):
+        raise ConfigError(f"--start-from: none of its options ({', '.join(sorted(start))}) is tuned "
+                          f"by {model}'s study ({', '.join(space)})")
+    return values
+
+
 def _owner() -> str:
     return f"{os.getpid()} {socket.gethostname()}"
 
@@ -90,6 +145,7 @@ def fail_dead_trials(storage, study) -> int:
         except PermissionError:
             continue
         trial_id = storage.get_trial_id_from_study_id_trial_number(study_id, t.number)  # public API
+        storage.set_trial_user_attr(trial_id, "killed", True)
         storage.set_trial_state_values(trial_id, state=optuna.trial.TrialState.FAIL)
         n += 1
     return n
@@ -109,9 +165,12 @@ def _check_study(study, settings: dict, where: str) -> None:
 def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | None = None,
          study_name: str | None = None, metric: str = "recall@20", epochs: int = 50,
          fixed: dict | None = None, seed: int = 2024, warmup: int = 5, device: str = "cpu",
-         cache_dir: str | None = None, evaluate_test: bool = True, log=print) -> dict:
+         cache_dir: str | None = None, evaluate_test: bool = True, start: dict | None = None,
+         log=print) -> dict:
     """Run (or resume) the study until it has ``trials`` finished or pruned trials; write
-    ``OUT/best_config.json`` (for ``train --config``) and ``OUT/best_trial.json``; return the latter."""
+    ``OUT/best_config.json`` (for ``train --config``) and ``OUT/best_trial.json``; return the latter.
+    ``start``: options of the first trial (:func:`start_trial`; e.g. :func:`start_point` of another
+    study)."""
     import optuna
 
     from latticerec.experiment.optfile import write_options_file
@@ -128,6 +187,8 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
         raise ConfigError(f"--set {', '.join(clash)}: tuned by the study (or --epochs/--seed)")
     resolved = resolve_config(model, {**fixed, "epochs": epochs, "seed": seed}).to_dict()  # fail now
     fixed = {k: flat_options(resolved)[k] for k in fixed}  # typed, as the configs parsed them
+    if start is not None:
+        start = start_trial(model, space, start, flat_options(resolved))
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     name = study_name or f"{model}-{Path(data).name}"
@@ -137,10 +198,15 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
                                 sampler=optuna.samplers.TPESampler(seed=seed),
                                 pruner=optuna.pruners.MedianPruner(n_startup_trials=5,
                                                                    n_warmup_steps=warmup))
-    _check_study(study, {"model": model, "data": data_spec(data), "metric": metric, "epochs": epochs,
-                         "fixed": fixed, "seed": seed, "space": {k: list(v) for k, v in space.items()}},
-                 url)
+    settings = {"model": model, "data": data_spec(data), "metric": metric, "epochs": epochs,
+                "fixed": fixed, "seed": seed, "space": {k: list(v) for k, v in space.items()}}
+    _check_study(study, settings if start is None else {**settings, "start": start}, url)
     dead = fail_dead_trials(rdb, study)
+    waiting = optuna.trial.TrialState.WAITING  # enqueued, not started: its values are not params yet
+    if start is not None and not any(
+            t.state == waiting or (t.params == start and not t.user_attrs.get("killed"))
+            for t in study.get_trials(deepcopy=False)):
+        study.enqueue_trial(start)  # the first trial (again, if a killed process lost it)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     n_done = len(study.get_trials(deepcopy=False, states=done_states))
     killed = f", {dead} left running by a killed process marked failed" if dead else ""
