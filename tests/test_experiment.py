@@ -574,6 +574,10 @@ def test_a_tune_start_study_runs_after_the_one_it_starts_from_and_begins_at_its_
     # alone, before the study it starts from has finished: a clear error, nothing trained
     assert main(["experiment", str(spec_path), "--out", str(out), "--models", "lattice"]) == 2
     assert "best_trial.json is missing (the study has not finished)" in capsys.readouterr().err
+    with pytest.raises(ConfigError, match=r"models \(lattice\): tune_start 'lightgcn' is not tuned"):
+        plan_studies(load_spec(write_spec(tmp_path, STARTED.replace('label = "lightgcn"',
+                                                                    'label = "lightgcn"\nmodel = "pop"'),
+                                          "pop.toml")), out)
     assert main(["experiment", str(spec_path), "--out", str(out), "--jobs", "2"]) == 0  # lightgcn first
     best = json.loads((out / "tune" / "lightgcn" / "synthetic" / "default" / "best_trial.json").read_text())
     db = out / "tune" / "lattice" / "synthetic" / "default" / "study.db"

@@ -397,6 +397,10 @@ def plan_studies(spec: ExperimentSpec, out: str | Path, extra: dict | None = Non
         seed = spec.seeds[0] if spec.tune.seed is None else spec.tune.seed
         start = None
         if entry.tune_start is not None:  # same dataset and global grid point
+            target = next((e for e in spec.models if e.label == entry.tune_start), None)
+            if target is not None and not _tuned(spec, target):
+                raise ConfigError(f"{spec.path}: models ({entry.label}): tune_start {entry.tune_start!r} "
+                                  "is not tuned (its model declares no SEARCH_SPACE)")
             g_point = {k: v for k, v in point.items() if k in spec.grid}
             start = str(Path(out) / "tune" / entry.tune_start / Path(data).name / point_name(g_point))
         studies.append(StudyTask(label=entry.label, model=entry.model, data=data, grid=point, fixed=fixed,

@@ -87,7 +87,7 @@ def start_point(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"--start-from {file}: not a readable best_trial.json ({exc})") from None
     params = record.get("best_params") if isinstance(record, dict) else None
     if not isinstance(params, dict) or not params or not all(
-            isinstance(k, str) and isinstance(v, (int, float, str, bool)) and not isinstance(v, bool)
+            isinstance(k, str) and isinstance(v, (int, float, str)) and not isinstance(v, bool)
             for k, v in params.items()):
         raise ConfigError(f"--start-from {file}: 'best_params' must be a non-empty table of options "
                           f"to numbers or strings, got {params!r}")
