@@ -252,3 +252,17 @@ def test_a_start_trial_lost_with_a_killed_process_is_trained_again(tmp_path):
     trials = optuna.load_study(study_name="lattice-synthetic", storage=storage).trials
     assert [t.state.name for t in trials] == ["FAIL", "COMPLETE"] and trials[1].params == start
     assert trials[0].user_attrs["killed"] and record["best_trial"] == 1
+
+
+def test_a_resumed_study_does_not_draw_the_values_of_its_first_trials_again(tmp_path):
+    run_tune(tmp_path, 2)
+    run_tune(tmp_path, 4)  # a new process would restart the sampler's random stream
+    trials = optuna.load_study(study_name="lattice-synthetic",
+                               storage=f"sqlite:///{tmp_path / 'study' / 'study.db'}").trials
+    drawn = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(drawn) == 4 and len(set(drawn)) == 4
+    first = [t.params for t in trials[:2]]
+    fresh = tmp_path / "again"  # a fresh study with the same seed draws the same first trials
+    tune("lattice", "synthetic", 2, fresh, epochs=2, fixed=FIXED, warmup=1, log=lambda m: None)
+    again = optuna.load_study(study_name="lattice-synthetic", storage=f"sqlite:///{fresh / 'study.db'}")
+    assert [t.params for t in again.trials] == first

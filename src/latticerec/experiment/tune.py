@@ -202,6 +202,9 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
                 "fixed": fixed, "seed": seed, "space": {k: list(v) for k, v in space.items()}}
     _check_study(study, settings if start is None else {**settings, "start": start}, url)
     dead = fail_dead_trials(rdb, study)
+    # a resumed study must not draw the values its first trials drew: the sampler's random stream
+    # restarts with the process, so it is seeded past the trials the study already holds
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
     waiting = optuna.trial.TrialState.WAITING  # enqueued, not started: its values are not params yet
     if start is not None and not any(
             t.state == waiting or (t.params == start and not t.user_attrs.get("killed"))
