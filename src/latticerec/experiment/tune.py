@@ -204,7 +204,7 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
     dead = fail_dead_trials(rdb, study)
     # a resumed study must not draw the values its first trials drew: the sampler's random stream
     # restarts with the process, so it is seeded past the trials the study already holds
-    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.get_trials(deepcopy=False)))
+    study.sampler = optuna.samplers.TPESampler(seed=(seed + len(study.get_trials(deepcopy=False))) % 2**32)
     waiting = optuna.trial.TrialState.WAITING  # enqueued, not started: its values are not params yet
     if start is not None and not any(
             t.state == waiting or (t.params == start and not t.user_attrs.get("killed"))
