@@ -204,14 +204,14 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
     dead = fail_dead_trials(rdb, study)
     # a resumed study must not draw the values its first trials drew: the sampler's random stream
     # restarts with the process, so it is seeded past the trials the study already holds
-    study.sampler = optuna.samplers.TPESampler(seed=(seed + len(study.get_trials(deepcopy=False))) % 2**32)
+    held = study.get_trials(deepcopy=False)  # read once (after the dead ones were marked failed)
+    study.sampler = optuna.samplers.TPESampler(seed=(seed + len(held)) % 2**32)
     waiting = optuna.trial.TrialState.WAITING  # enqueued, not started: its values are not params yet
     if start is not None and not any(
-            t.state == waiting or (t.params == start and not t.user_attrs.get("killed"))
-            for t in study.get_trials(deepcopy=False)):
+            t.state == waiting or (t.params == start and not t.user_attrs.get("killed")) for t in held):
         study.enqueue_trial(start)  # the first trial (again, if a killed process lost it)
     done_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
-    n_done = len(study.get_trials(deepcopy=False, states=done_states))
+    n_done = sum(t.state in done_states for t in held)
     killed = f", {dead} left running by a killed process marked failed" if dead else ""
     log(f"study {name!r} in {url}: {n_done} trials done{killed}")
 
