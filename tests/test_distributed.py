@@ -9,6 +9,7 @@ and the per-user test arrays (distributed evaluation), and the run folders (only
 import json
 import os
 import socket
+import sys
 import warnings
 from pathlib import Path
 
@@ -80,6 +81,8 @@ def _rank(rank: int, port: int, folder: Path) -> None:
             _train(*CASES["lightgcn"], folder / f"lightgcn-run{rank}", dist)
         except LatticeRecError as exc:
             (folder / f"refused-rank{rank}.txt").write_text(str(exc))
+    sys.stderr.flush()  # as ``python -m latticerec`` ends a rank: no interpreter teardown (__main__._exit)
+    os._exit(0)
 
 
 def _last_words(path: Path) -> str:
@@ -200,6 +203,20 @@ def test_cli_nproc_2_launches_ranks_and_matches_one_process(tmp_path):
         for metric, value in one[split].items():
             assert two[split][metric] == pytest.approx(value, abs=1e-6), metric
     assert not list((tmp_path / "two").glob(".lock*"))
+
+
+@pytest.mark.parametrize("rank", [True, False])
+def test_a_rank_ends_without_the_interpreters_teardown(monkeypatch, rank):
+    """A rank's process ends by ``os._exit`` (gloo's threads can abort the interpreter's teardown
+    after the run was written); any other ``python -m latticerec`` by ``sys.exit``."""
+    from latticerec import __main__ as entry
+
+    ended = []
+    monkeypatch.setattr(distributed, "launched", lambda: rank)
+    monkeypatch.setattr(os, "_exit", lambda status: ended.append(("os._exit", status)))
+    monkeypatch.setattr(sys, "exit", lambda status: ended.append(("sys.exit", status)))
+    entry._exit(3)
+    assert ended == [("os._exit" if rank else "sys.exit", 3)]
 
 
 def test_one_machine_runs_keep_gloo_on_loopback(monkeypatch):
