@@ -98,7 +98,9 @@ def spawned(tmp_path_factory):
     # A spawn whose rank was killed by a signal is retried, up to ATTEMPTS in all, each retry with a
     # warning that carries both ranks' last words: torch's gloo/TCPStore transport can abort a
     # process from its own threads (pytorch/pytorch#50701, #188266); CI saw it once in two runs of
-    # this fixture, never reproduced here. A rank that raises fails at once.
+    # this fixture. The abort seen here (1 in 20 runs of ``train --nproc 2``) came in the
+    # interpreter's teardown, which every rank now skips (``os._exit``, as ``__main__._exit``).
+    # A rank that raises fails at once.
     for attempt in range(1, ATTEMPTS + 1):
         folder = tmp_path_factory.mktemp("ddp")
         try:
