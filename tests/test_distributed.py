@@ -221,6 +221,20 @@ def test_a_rank_ends_without_the_interpreters_teardown(monkeypatch, rank):
     assert ended == [("os._exit" if rank else "sys.exit", 3)]
 
 
+def test_a_malformed_world_size_is_an_error_naming_it(monkeypatch):
+    env = {"RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "1", "WORLD_SIZE": "two"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(LatticeRecError, match="WORLD_SIZE='two'"):
+        distributed.launched()
+    from latticerec import __main__ as entry
+
+    ended = []
+    monkeypatch.setattr(sys, "exit", lambda status: ended.append(status))
+    entry._exit(2)  # main() reported it; the exit is a plain one, not a second traceback
+    assert ended == [2]
+
+
 def test_one_machine_runs_keep_gloo_on_loopback(monkeypatch):
     lo = distributed.loopback_interface()
     if lo is None:

@@ -4,6 +4,7 @@ import os
 import sys
 
 from latticerec.cli import main
+from latticerec.errors import LatticeRecError
 
 
 def _exit(status: int) -> None:
@@ -13,7 +14,11 @@ def _exit(status: int) -> None:
     there aborts the process ("terminate called without an active exception", exit status -6)
     after the run was fully written, which torchrun reports as a failed rank."""
     ranks = sys.modules.get("latticerec.train.distributed")
-    if ranks is not None and ranks.launched():
+    try:
+        rank = ranks is not None and ranks.launched()
+    except LatticeRecError:  # a malformed torchrun environment, already reported by main()
+        rank = False
+    if rank:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(status)

@@ -44,7 +44,13 @@ ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 def launched() -> bool:
     """Whether this process is a rank of a run that torchrun started (its environment is set)."""
-    return all(k in os.environ for k in ENV_KEYS) and int(os.environ["WORLD_SIZE"]) > 1
+    if not all(k in os.environ for k in ENV_KEYS):
+        return False
+    try:
+        return int(os.environ["WORLD_SIZE"]) > 1
+    except ValueError:
+        raise LatticeRecError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} in the environment is not a "
+                              "whole number (torchrun sets it; unset it to run one process)") from None
 
 
 def loopback_interface() -> str | None:
