@@ -81,8 +81,9 @@ def _rank(rank: int, port: int, folder: Path) -> None:
             _train(*CASES["lightgcn"], folder / f"lightgcn-run{rank}", dist)
         except LatticeRecError as exc:
             (folder / f"refused-rank{rank}.txt").write_text(str(exc))
-    sys.stderr.flush()  # as ``python -m latticerec`` ends a rank: no interpreter teardown (__main__._exit)
-    os._exit(0)
+    from latticerec.__main__ import _exit
+
+    _exit(0)  # as ``python -m latticerec`` ends a rank: flushed, then no interpreter teardown
 
 
 def _last_words(path: Path) -> str:
