@@ -173,3 +173,37 @@ def test_layer_mean_is_the_mean_of_the_layers_and_its_backward_is_the_transposed
         g = torch.autograd.grad(wrong.sum(), x)[0]
         right = torch.autograd.grad(layer_mean(adj, x, n_layers, transpose_csr(adj)).sum(), x)[0]
         assert not torch.allclose(g, right)
+
+
+def test_dropout_scale_keeps_1_minus_p_of_the_entries_scaled_so_the_mean_is_unchanged():
+    from latticerec.models.backbones import dropout_scale
+
+    torch.manual_seed(0)
+    x = torch.ones(400, 250)
+    for p in (0.1, 0.5):
+        s = dropout_scale(x, p)
+        kept = s > 0
+        assert torch.equal(s[kept], torch.full_like(s[kept], 1 / (1 - p))) and (s[~kept] == 0).all()
+        # 100,000 Bernoulli(1 - p) draws: within 5 standard deviations of the expected share
+        assert abs(kept.float().mean().item() - (1 - p)) < 5 * (p * (1 - p) / x.numel()) ** 0.5
+        assert abs(s.mean().item() - 1) < 0.02
+
+
+def test_ngcf_message_dropout_acts_in_training_only():
+    from latticerec.models.backbones import NGCF
+
+    r = sp.random(30, 20, density=0.3, random_state=np.random.default_rng(3), format="csr")
+    r.data[:] = 1
+    adj = normalized_bipartite_adjacency(to_torch_csr(r))
+    torch.manual_seed(0)
+    model = NGCF(30, 20, adj, embed_dim=8, n_layers=2, mess_dropout=0.5)
+    model.eval()
+    u_eval, i_eval = model.propagate()
+    model.train()
+    u_train, i_train = model.propagate()
+    assert torch.equal(u_train[:, :8], u_eval[:, :8])  # layer 0: the embeddings, never dropped
+    # half of each later layer's messages dropped: exact zeros that evaluation does not have
+    assert (u_train[:, 8:] == 0).float().mean() > 0.3 and (u_eval[:, 8:] == 0).float().mean() < 0.05
+    no_drop = NGCF(30, 20, adj, embed_dim=8, n_layers=2, mess_dropout=0.0)
+    no_drop.load_state_dict(model.state_dict())
+    assert torch.equal(torch.cat(no_drop.propagate()), torch.cat([u_eval, i_eval]))

@@ -148,9 +148,18 @@ class LightGCN(Backbone):
         return layer_mean(self.adj, x, self.n_layers, self.adj_t).split([self.n_users, self.n_items])
 
 
+def dropout_scale(x: torch.Tensor, p: float) -> torch.Tensor:
+    """The inverted-dropout factors for ``x``: ``1 / (1 - p)`` with probability ``1 - p``, else 0
+    (``x * dropout_scale(x, p)`` is ``F.dropout(x, p)`` in distribution). From one uniform draw per
+    entry compared in place: on CPU, ``F.dropout``'s ``bernoulli_`` mask and its rescaling cost about
+    three times as much (20 ms against 6 ms for NGCF's 16,018 x 64 layer on TikTok, one thread)."""
+    return torch.rand_like(x).ge_(p).mul_(1.0 / (1.0 - p))
+
+
 class NGCF(Backbone):
-    """NGCF (Wang et al., 2019), eq. 7 in matrix form:
-    ``E^(l) = LeakyReLU((L + I) E^(l-1) W1 + (L E^(l-1)) ⊙ E^(l-1) W2)``, message dropout, each layer
+    """NGCF (Wang et al., 2019), eq. 7 in matrix form as the authors' code computes it, each term
+    through its own LeakyReLU: ``E^(l) = LeakyReLU((L + I) E^(l-1) W1 + b1) + LeakyReLU((L E^(l-1) ⊙
+    E^(l-1)) W2 + b2)`` (the paper writes one LeakyReLU around the sum), message dropout, each layer
     L2-normalised; the representation concatenates layers 0..L (width ``d (L + 1)``).
 
     ``layer="released"``: the released LATTICE/MICRO code's layer,
@@ -194,7 +203,8 @@ class NGCF(Backbone):
                 x = F.leaky_relu(w_gc(side), 0.01) + F.leaky_relu(w_bi(x * side), 0.01)
             else:
                 x = F.leaky_relu(w_gc(side + x), 0.2) + F.leaky_relu(w_bi(side * x), 0.2)
-            x = F.dropout(x, self.mess_dropout, self.training)
+            if self.training and self.mess_dropout > 0:
+                x = x * dropout_scale(x, self.mess_dropout)
             layers.append(F.normalize(x, p=2, dim=1))
         out = torch.stack(layers).mean(0) if self.released else torch.cat(layers, dim=1)
-        return out[: self.n_users], out[self.n_users:]
+        return out.split([self.n_users, self.n_items])
