@@ -305,6 +305,11 @@ BAD_FEATURES = {
     "1-D": (np.zeros(5, np.float32), ["2-D", "(5,)"]),
     "3-D": (np.zeros((5, 2, 2), np.float32), ["2-D", "(5, 2, 2)"]),
     "strings": (np.array([["a"], ["b"], ["c"], ["d"], ["e"]]), ["numeric"]),
+    # complex features lost their imaginary part and timedelta ones their unit, with no error
+    "complex": (np.ones((5, 2), np.complex64) * 1j, ["numeric", "complex64"]),
+    "timedelta": (np.ones((5, 2), "m8[s]"), ["numeric", "timedelta64"]),
+    # zero columns loaded, then training ended in a TypeError traceback (hashing the dataset)
+    "no columns": (np.zeros((5, 0), np.float32), ["0 columns", "(5, 0)"]),
 }
 
 
@@ -800,3 +805,143 @@ def test_load_dataset_errors_through_the_cli(tmp_path, capsys):
                  "--out", str(tmp_path / "run")]) == 2
     err = capsys.readouterr().err
     assert "toy.inter, line 3: user id '1e12' is not an integer id" in err and "Traceback" not in err
+
+
+# ----------------------------------------------------------------------------- review: files as found
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def test_an_npy_header_declaring_a_huge_shape_is_a_data_error_not_a_memory_error(tmp_path):
+    write_inter(tmp_path)
+    raw = _npy_bytes(np.zeros((5, 2), np.float32)).replace(b"(5, 2)", b"(99999999999, 99999)")
+    (tmp_path / "image_feat.npy").write_bytes(raw)
+    data_error(["image_feat.npy", "declares shape (99999999999, 99999)", "truncated"],
+               read_mmrec, tmp_path)
+
+
+def test_an_npy_file_with_data_after_the_array_is_a_data_error(tmp_path):
+    write_inter(tmp_path)  # two np.save calls into one file: np.load returned the first, silently
+    arr = np.zeros((5, 2), np.float32)
+    (tmp_path / "image_feat.npy").write_bytes(_npy_bytes(arr) + _npy_bytes(arr))
+    data_error(["image_feat.npy", "data after the array"], read_mmrec, tmp_path)
+
+
+def test_a_file_without_the_npy_magic_is_not_called_pickled(tmp_path):
+    write_inter(tmp_path)
+    (tmp_path / "image_feat.npy").write_text("0.1 0.2\n0.3 0.4\n")
+    msg = data_error(["image_feat.npy", "no .npy header"], read_mmrec, tmp_path)
+    assert "pickle" not in msg
+
+
+def test_an_npz_member_declaring_a_huge_shape_is_a_data_error(tmp_path):
+    import zipfile
+
+    write_lattice(tmp_path)
+    raw = _npy_bytes(np.zeros((2, 2), np.int64)).replace(b"(2, 2)", b"(99999999999, 2)")
+    with zipfile.ZipFile(tmp_path / "item_knn5.npz", "w") as z:
+        z.writestr("image.npy", raw)
+    data_error(["item_knn5.npz", "graph 'image'", "declares shape (99999999999, 2)"],
+               read_lattice, tmp_path)
+
+
+def test_an_encrypted_npz_member_is_a_data_error(tmp_path):
+    import zipfile
+
+    write_lattice(tmp_path)
+    path = tmp_path / "item_knn5.npz"
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("image.npy", _npy_bytes(np.array([[0, 1]])))
+    raw = bytearray(path.read_bytes())  # set the "encrypted" flag bit (RuntimeError in zipfile)
+    raw[raw.find(b"PK\x03\x04") + 6] |= 1
+    raw[raw.find(b"PK\x01\x02") + 8] |= 1
+    path.write_bytes(bytes(raw))
+    data_error(["item_knn5.npz", "cannot read", "encrypted"], read_lattice, tmp_path)
+
+
+def test_one_graph_name_in_two_knn_files_is_a_data_error(tmp_path):
+    write_lattice(tmp_path)  # item_knn10.npz's 'image' silently replaced item_knn5.npz's
+    np.savez(tmp_path / "item_knn10.npz", image=np.array([[0, 1]]))
+    write_knn(tmp_path, image=np.array([[2, 3]]))
+    data_error(["item_knn5.npz", "graph 'image'", "item_knn10.npz"], read_lattice, tmp_path)
+
+
+def test_an_empty_item_graph_is_read_and_hashed(tmp_path):
+    write_lattice(tmp_path)  # content_hash raised TypeError (memoryview of a zero-size array)
+    write_knn(tmp_path, image=np.zeros((0, 2), np.int64))
+    ds = read_lattice(tmp_path)
+    assert ds.item_graphs["image"].shape == (0, 2)
+    (tmp_path / "item_knn5.npz").unlink()
+    assert ds.content_hash() != read_lattice(tmp_path).content_hash()
+
+
+@pytest.mark.parametrize("kind", ["folder", "symlink loop"])
+def test_lattice_split_file_that_cannot_be_read_is_a_data_error(tmp_path, kind):
+    write_lattice(tmp_path)
+    path = tmp_path / "5-core" / "val.json"
+    path.unlink()
+    if kind == "folder":  # was an IsADirectoryError traceback
+        path.mkdir()
+    else:  # was reported as a missing file
+        path.symlink_to(path.name)
+    data_error(["val.json", "cannot read"], read_lattice, tmp_path)
+
+
+BAD_JSON = {  # json.loads raises RecursionError / a plain ValueError for these, not JSONDecodeError
+    "deep nesting": ('{"0": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    "5000-digit item id": ('{"0": [' + "9" * 5000 + "]}", "4300 digits"),
+    "5000-digit user key": ('{"' + "9" * 5000 + '": [1]}', "user key of 5000 digits is too large"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_JSON))
+def test_lattice_json_that_python_cannot_convert_is_a_data_error(tmp_path, case):
+    text, msg = BAD_JSON[case]
+    write_lattice(tmp_path, raw={"valid": text})
+    data_error(["val.json", msg], read_lattice, tmp_path)
+
+
+def test_lattice_user_keys_naming_one_user_twice_are_a_data_error(tmp_path):
+    # '1' and '01' are both user 1: the two lists were merged unseen
+    write_lattice(tmp_path, raw={"train": '{"0": [0, 1], "1": [1], "2": [3], "01": [4]}'})
+    data_error(["train.json", "entry 4", "'01' is user 1 again", "'1'"], read_lattice, tmp_path)
+
+
+COLD_FILES = {
+    "folder": (None, "cannot read"),  # was silently taken as "no cold-start split"
+    "deep nesting": ('{"valid": ' + "[" * 100_000 + "]" * 100_000 + "}", "nested too deeply"),
+    "5000-digit id": ('{"valid": [' + "9" * 5000 + '], "test": [3]}', "4300 digits"),
+    "key twice": ('{"valid": [1], "test": [3], "valid": [2]}', "'valid' appears twice"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(COLD_FILES))
+def test_bad_cold_items_file_is_a_data_error(tmp_path, case):
+    text, msg = COLD_FILES[case]
+    write_inter(tmp_path)
+    if text is None:
+        (tmp_path / "cold_items.json").mkdir()
+    else:
+        (tmp_path / "cold_items.json").write_text(text)
+    data_error(["cold_items.json", msg], read_mmrec, tmp_path)
+
+
+@pytest.mark.parametrize("counts", [(1.5, 1.5), ("1", "1"), (True, 2)], ids=["float", "str", "bool"])
+def test_inductive_cold_counts_must_be_integers(tmp_path, counts):
+    from latticerec.data.cold import read_inductive_cold
+
+    cold = tmp_path / "cold"  # 3 cold items: 1 valid, then 2 test
+    write_inter(cold, ["0\t0\t1", "1\t1\t2", "0\t2\t2"], name="cold")
+    (cold / "i_id_mapping.csv").write_text("item_id\titemID\na\t0\nb\t1\nc\t2\n")
+    write_feat(cold, "image", np.ones((3, 2), np.float32))
+    meta = tmp_path / "inductive.json"
+    meta.write_text(json.dumps({"cold_valid": 1, "cold_test": 2}))
+    assert read_inductive_cold(tmp_path, 2).rows("test").tolist() == [1, 2]
+    meta.write_text(json.dumps({"cold_valid": counts[0], "cold_test": counts[1]}))
+    data_error(["inductive.json", "integer counts"], read_inductive_cold, tmp_path, 2)

@@ -4,7 +4,6 @@ the cold side ``cold/`` of an inductive one. The splits are written by
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from latticerec.data.dataset import interactions_to_csr
+from latticerec.data.jsonfile import read_json
 from latticerec.data.mapping import I_MAPPING, read_mapping
 from latticerec.errors import DataError
 
@@ -20,12 +20,9 @@ COLD_FILE = "cold_items.json"
 def read_cold_items(folder: Path, n_items: int) -> tuple[dict[str, np.ndarray], str]:
     """Evaluation candidates per split from ``cold_items.json`` ({} when absent), and the rank mode."""
     path = Path(folder) / COLD_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return {}, "all"
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: invalid JSON ({exc})") from None
+    obj = read_json(path)  # a folder or a symlink loop of this name is an error, not "no cold split"
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected an object with 'valid' and 'test' item id lists")
     rank = obj.get("rank", "cold")
@@ -96,10 +93,13 @@ def read_inductive_cold(folder: str | Path, n_users: int) -> ColdItems:
     _check_duplicates(users, items, labels, linenos, len(ids), path)
     meta = Path(folder) / INDUCTIVE_FILE
     try:
-        info = json.loads(meta.read_text(encoding="utf-8"))
-        n_valid, n_test = int(info["cold_valid"]), int(info["cold_test"])
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        info = read_json(meta)
+        n_valid, n_test = info["cold_valid"], info["cold_test"]
+    except (KeyError, TypeError, DataError) as exc:
         raise DataError(f"{meta}: unreadable or without 'cold_valid'/'cold_test' ({exc})") from None
+    if type(n_valid) is not int or type(n_test) is not int:  # 478.9 or "478" would be taken as 478
+        raise DataError(f"{meta}: 'cold_valid' and 'cold_test' must be integer counts, got "
+                        f"{n_valid!r} and {n_test!r}")
     if n_valid < 0 or n_test < 0 or n_valid + n_test != len(ids):
         raise DataError(f"{meta}: cold_valid + cold_test = {n_valid + n_test}, but {cold_dir} holds "
                         f"{len(ids)} cold items")

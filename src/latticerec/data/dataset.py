@@ -87,7 +87,8 @@ class Dataset:
         def add(label: str, arr: np.ndarray, dtype) -> None:
             arr = np.ascontiguousarray(arr, dtype=dtype)
             h.update(f"|{label}|{arr.shape}|{arr.dtype.str}|".encode())
-            h.update(memoryview(arr).cast("B"))
+            if arr.size:  # a view with a zero in its shape cannot be cast to bytes (and holds none)
+                h.update(memoryview(arr).cast("B"))
 
         for name in SPLITS:
             mat = sp.csr_matrix(self.split(name))
@@ -151,8 +152,11 @@ def check_features(features: dict[str, np.ndarray], n_items: int, where: str) ->
                 f"{src}: has {feat.shape[0]} feature rows but the dataset has {n_items} items "
                 "(row i must hold the features of item id i)"
             )
-        if not np.issubdtype(feat.dtype, np.number):
-            raise DataError(f"{src}: features must be numeric, got dtype {feat.dtype}")
+        if feat.dtype.kind not in "iuf":  # complex would lose its imaginary part, timedelta its unit
+            raise DataError(f"{src}: features must be numeric (a float or int dtype), got dtype {feat.dtype}")
+        if feat.shape[1] == 0:
+            raise DataError(f"{src}: features have 0 columns (shape {feat.shape}): at least one "
+                            "dimension per item is needed")
         feat = feat.astype(np.float32, copy=False)  # no second copy of float32 features
         rows = _nonfinite_rows(feat)
         if rows.size:

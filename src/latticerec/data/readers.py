@@ -12,8 +12,10 @@ Every problem is reported as a :class:`~latticerec.errors.DataError` naming the 
 
 from __future__ import annotations
 
-import json
+import math
+import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,7 @@ from latticerec.data.dataset import (
     interactions_to_csr,
     validate_splits,
 )
+from latticerec.data.jsonfile import read_json
 from latticerec.errors import DataError
 
 USER_COLUMNS = ("userID", "user_id", "user")
@@ -264,13 +267,45 @@ def _check_duplicates(users, items, labels, linenos, n_items: int, path: Path) -
         )
 
 
+def check_npy_size(fp, size: int, where) -> None:
+    """Compare the data an ``.npy`` header declares (shape x item size) with the ``size`` bytes the
+    file (or archive member) ``fp`` really holds, before numpy allocates the declared array: a
+    header claiming 10**16 elements would otherwise end in a MemoryError, and trailing bytes (two
+    arrays saved into one file) would be dropped unseen. Returns quietly when the header itself is
+    unreadable or the dtype holds objects: ``np.load`` then names the fault."""
+    try:
+        version = np.lib.format.read_magic(fp)
+        read_header = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                       else np.lib.format.read_array_header_2_0)
+        shape, _, dtype = read_header(fp)
+        offset = fp.tell()
+    except (ValueError, EOFError, OSError, TypeError):
+        return
+    if dtype.hasobject:
+        return
+    need = math.prod(shape) * dtype.itemsize
+    have = size - offset
+    if have != need:
+        raise DataError(
+            f"{where}: the .npy header declares shape {shape} of {dtype} ({need} bytes of data) but "
+            f"{have} bytes follow it ({'truncated' if have < need else 'data after the array'}: "
+            "write the file again with one np.save)"
+        )
+
+
 def read_features(folder: Path, n_items: int | None) -> tuple[dict[str, np.ndarray], int | None]:
     """Load every ``<modality>_feat.npy`` in ``folder``; returns the features and their row count."""
     raw = {}
     for f in sorted(folder.glob("*_feat.npy")):
         try:
+            with open(f, "rb") as fh:
+                check_npy_size(fh, os.fstat(fh.fileno()).st_size, f)
             arr = np.load(f, allow_pickle=False)
+        except DataError:
+            raise
         except (ValueError, OSError, EOFError) as exc:
+            if "pickled" in str(exc):  # np.load takes any file without the .npy magic for a pickle
+                exc = "no .npy header (the file does not start with the bytes \\x93NUMPY)"
             raise DataError(f"{f}: cannot read as a .npy array ({exc})") from None
         if not isinstance(arr, np.ndarray):  # np.load opens a .npz archive whatever its name
             arr.close()
@@ -327,42 +362,30 @@ def read_mmrec(folder: str | Path) -> Dataset:
                    cold_items=cold, rank_cold=rank == "cold")
 
 
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_keys(pairs: list[tuple[str, object]]) -> dict:
-    out: dict = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
 def _read_split_json(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Read ``{"user": [items]}``; returns (users, items, pseudo line numbers = entry index + 1)."""
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         raise DataError(f"{path}: missing split file")
-    try:
-        obj = json.loads(path.read_text(encoding="utf-8-sig"), object_pairs_hook=_unique_keys)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}, line {exc.lineno}: invalid JSON ({exc.msg})") from None
-    except _DuplicateKey as exc:
-        raise DataError(f"{path}: user key {exc.args[0]!r} appears twice (one list per user)") from None
-    except UnicodeDecodeError as exc:
-        raise DataError(f"{path}: not UTF-8 text ({exc})") from None
+    obj = read_json(path, duplicate="user key {key!r} appears twice (one list per user)")
     if not isinstance(obj, dict):
         raise DataError(f"{path}: expected a JSON object mapping user id to a list of item ids")
     users, items, where = [], [], []
+    keys: dict[int, str] = {}
     for n, (key, value) in enumerate(obj.items(), start=1):
         body = key[1:] if key.startswith("-") else key
         if not (body.isascii() and body.isdigit()):
-            raise DataError(f"{path}: entry {n}: user key {key!r} is not an integer id "
+            raise DataError(f"{path}: entry {n}: user key {key[:40]!r} is not an integer id "
                             "(decimal digits only)")
+        if len(body.lstrip("0")) > _ID_DIGITS:  # int() of 4300+ digits would raise ValueError
+            raise DataError(f"{path}: entry {n}: user key of {len(key)} digits is too large (ids "
+                            "must be < 2**31)")
         u = int(key)
         if not 0 <= u < MAX_ID:
             raise DataError(f"{path}: entry {n}: user id {u} is negative or too large")
+        if u in keys:  # '7' and '07': the same user twice, its lists would be merged unseen
+            raise DataError(f"{path}: entry {n}: user key {key!r} is user {u} again (key "
+                            f"{keys[u]!r}; one list per user)")
+        keys[u] = key
         if not isinstance(value, list) or not all(
             type(v) is int and 0 <= v < MAX_ID for v in value
         ):
@@ -413,13 +436,24 @@ def read_lattice(folder: str | Path) -> Dataset:
 def read_item_graphs(folder: Path, n_items: int) -> dict[str, np.ndarray]:
     """Precomputed item-item graphs: ``item_knn*.npz`` holding ``(E, 2)`` (item, neighbour) arrays."""
     graphs: dict[str, np.ndarray] = {}
+    source: dict[str, Path] = {}
     for f in sorted(folder.glob("item_knn*.npz")):
         try:
             z = np.load(f, allow_pickle=False)
             if isinstance(z, np.lib.npyio.NpzFile):
                 with z:
+                    for info in z.zip.infolist():
+                        if info.filename.endswith(".npy"):
+                            with z.zip.open(info) as member:
+                                check_npy_size(member, info.file_size,
+                                               f"{f}: graph {info.filename[:-4]!r}")
                     arrays = {name: np.asarray(z[name]) for name in z.files}
-        except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
+        except DataError:
+            raise
+        # RuntimeError: an encrypted member; NotImplementedError: an unknown compression method;
+        # zlib.error: a corrupt deflate stream
+        except (ValueError, OSError, EOFError, zipfile.BadZipFile, RuntimeError, NotImplementedError,
+                zlib.error) as exc:
             raise DataError(f"{f}: cannot read as a .npz archive of item pairs ({exc})") from None
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise DataError(f"{f}: is a .npy array, expected a .npz archive of (E, 2) item-pair "
@@ -430,5 +464,9 @@ def read_item_graphs(folder: Path, n_items: int) -> dict[str, np.ndarray]:
                 raise DataError(f"{where}: expected an (E, 2) integer array of item pairs")
             if pairs.size and (pairs.min() < 0 or pairs.max() >= n_items):
                 raise DataError(f"{where}: item ids must lie in [0, {n_items})")
+            if name in graphs:  # item_knn5.npz and item_knn10.npz both with 'image': which one?
+                raise DataError(f"{where}: a graph of this name is also in {source[name]} (one "
+                                "graph per name: rename one array or remove one file)")
             graphs[name] = pairs.astype(np.int64)
+            source[name] = f
     return graphs
