@@ -127,6 +127,16 @@ def _tamper_json(path: Path, name: str, change) -> None:
     (lambda p: _tamper_json(p, "ids.json", lambda m: m.update(titles=["x"])), "field 'titles'"),
     (lambda p: (p / "arrays.safetensors").write_bytes(b"\x80\x04garbage"), "not a readable safetensors"),
     (lambda p: (p / "manifest.json").unlink(), "manifest.json: missing"),
+    # finite but so large that scores overflow float32 (an item scoring inf was dropped silently)
+    (lambda p: _tamper_arrays(p, lambda a: a["item_repr"].__setitem__((3, 0), 3e38)),
+     "'item_repr' (rows of norm up to 3e"),
+    (lambda p: _tamper_arrays(p, lambda a: a["user_repr"].__setitem__((0, slice(0, 2)), 3e38)), "too large"),
+    # JSON that json.loads refuses with RecursionError / a plain ValueError: still names the file
+    (lambda p: (p / "ids.json").write_text("[" * 100_000), "ids.json: unreadable JSON"),
+    (lambda p: (p / "manifest.json").write_text('{"format": ' + "9" * 5000 + "}"),
+     "manifest.json: unreadable JSON"),
+    (lambda p: _tamper_json(p, "manifest.json", lambda m: m["dataset"].update(n_items="30")),
+     "dataset has 40 x '30'"),
 ])
 def test_loader_names_the_file_and_field(exported, tmp_path, tamper, message):
     path = copy_model(exported, "lightgcn", tmp_path)
@@ -141,6 +151,10 @@ def test_loader_checks_added_items(exported, tmp_path):
     rec.add_item("new", {"image": [1.0] * 8, "text": [0.5] * 6})
     _tamper_json(path, "added_items.json", lambda m: m.update(items=["item-0"]))
     with pytest.raises(ArtifactError, match="reuses a trained item's id"):
+        load_model_dir(path)
+    _tamper_json(path, "added_items.json", lambda m: m.update(items=["new"]))
+    save_file({"item_repr": np.full((1, 8), 1e20, np.float32)}, path / "added_items.safetensors")
+    with pytest.raises(ArtifactError, match="added_items.safetensors: array 'item_repr'.*too large"):
         load_model_dir(path)
 
 
@@ -226,6 +240,20 @@ def test_basket_and_similar(exported):
     ("post", "/recommendations", [1, 2], 422, "body: expected a JSON object"),
     ("post", "/items", {"item": "x", "features": {"image": [1.0]}}, 422, "has no content"),
     ("get", "/no/such/route", None, 404, "Not Found"),
+    # an unknown or repeated query parameter is refused, never ignored or resolved by a guess
+    ("get", "/users/u1/recommendations?remove_seen=false", None, 422, "remove_seen: unknown query parameter"),
+    ("get", "/users/u1/recommendations?k=3&k=5", None, 422, "k: query parameter given more than once"),
+    ("get", "/users/u1/recommendations?exclude_seen=1&exclude_seen=0", None, 422, "exclude_seen: query"),
+    ("get", "/items/item-1/similar?k=3&exclude_seen=false", None, 422, "exclude_seen: unknown query"),
+    ("get", "/users?limit=3&limit=4", None, 422, "limit: query parameter given more than once"),
+    ("get", "/users/u1/items?k=3", None, 422, "k: unknown query parameter"),
+    ("post", "/recommendations?k=5", {"items": ["item-1"]}, 422, "k: unknown query parameter"),
+    # what int() takes but is not a plain integer
+    ("get", "/users/u1/recommendations?k=1_0", None, 422, "k: expected an integer"),
+    ("get", "/users/u1/recommendations?k=%D9%A3", None, 422, "k: expected an integer"),
+    ("get", "/users/u1/recommendations?k=%203", None, 422, "k: expected an integer"),
+    ("post", "/recommendations", {"items": ["item-1"], "exclude_seen": False}, 422,
+     "body: unknown field 'exclude_seen'"),
 ])
 def test_errors_are_json_with_their_status(exported, method, url, body, status, message):
     c = client_for(exported["lightgcn"], max_k=50)
@@ -246,6 +274,13 @@ def test_bad_bodies(exported):
     assert len(big) > 1 << 20
     r = c.post("/recommendations", content=big, headers={"content-type": "application/json"})
     assert r.status_code == 413 and "1048576" in r.json()["error"]
+
+    for content, message in ((b"[" * 100_000, "not valid JSON"),  # RecursionError: was a 500
+                             (b'{"items": ["item-1"], "k": ' + b"9" * 5000 + b"}", "not valid JSON"),
+                             (b'{"items": ["item-1"], "k": 3, "k": 30}', "field 'k' given twice"),
+                             (b'{"items": ["item-1"], "items": ["item-2"]}', "field 'items' given twice")):
+        r = c.post("/recommendations", content=content, headers={"content-type": "application/json"})
+        assert r.status_code == 422 and message in r.json()["error"], r.text
 
     def chunks():  # no content-length: refused while streaming
         for _ in range(40):
@@ -297,6 +332,8 @@ def test_post_item_places_it_as_the_model_would(exported, tmp_path):
     ({"image": ["a"] * 8, "text": [1.0] * 6}, "modality 'image'"),
     ({"image": [[1.0] * 8], "text": [1.0] * 6}, "modality 'image'"),
     ({"image": "1 2 3", "text": [1.0] * 6}, "modality 'image'"),
+    ({"image": [True] + [1.0] * 7, "text": [1.0] * 6}, "modality 'image'"),  # was read as 1.0
+    ({"image": [1.0] * 8, "text": [0.0] * 6}, "modality 'text': the feature vector is all zeros"),
     ([1, 2], "features: expected an object"),
 ])
 def test_post_item_rejects_bad_features(exported, tmp_path, features, message):
@@ -310,7 +347,7 @@ def test_post_item_rejects_bad_features(exported, tmp_path, features, message):
     assert c.get("/health").json()["items"] == 30 and not (path / "added_items.json").exists()
 
 
-@pytest.mark.parametrize("item", ["", "   ", "a/b", "x" * 201, 7, None, "tab\there"])
+@pytest.mark.parametrize("item", ["", "   ", "a/b", "x" * 201, 7, None, "tab\there", ".", ".."])
 def test_post_item_rejects_bad_ids(exported, tmp_path, item):
     c = client_for(copy_model(exported, "cb", tmp_path))
     r = c.post("/items", json={"item": item, "features": _features(exported, 1)})
@@ -411,6 +448,14 @@ def test_serve_command_binds_localhost(exported, monkeypatch):
     with pytest.raises(SystemExit):
         main(["serve", str(exported["cb"]), "--port", "0"])
     assert main(["serve", str(exported["root"] / "nothing")]) == 2
+
+
+def test_default_k_within_max_k(exported):
+    """With --max-k below the default k, a request that gives no k gets --max-k items, not a 422."""
+    c = client_for(exported["lightgcn"], max_k=7)
+    for r in (c.get("/users/u1/recommendations?exclude_seen=false"), c.get("/items/item-1/similar"),
+              c.post("/recommendations", json={"items": ["item-1"]})):
+        assert r.status_code == 200 and len(r.json()["items"]) == 7, r.text
 
 
 def _random_artifact(n_users=50, n_items=3000, dim=16, seed=0):

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
@@ -27,6 +28,7 @@ from latticerec.serve.service import BadInput, Conflict, NotFound, Recommender
 
 MAX_BODY = 1 << 20
 INLINE_WORK = 1 << 22  # catalogues of at most this many numbers are scored on the event loop
+INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 log = logging.getLogger("latticerec.serve")
 
 
@@ -43,8 +45,9 @@ def _error(status: int, message: str) -> Response:
     return _json({"error": message}, status)
 
 
-async def read_json(request: Request, limit: int = MAX_BODY) -> dict:
-    """The request body as a JSON object; TooLarge past ``limit`` bytes, BadInput if not JSON."""
+async def read_json(request: Request, limit: int = MAX_BODY, fields: tuple[str, ...] | None = None) -> dict:
+    """The request body as a JSON object (keys among ``fields`` when given, none twice); TooLarge past
+    ``limit`` bytes, BadInput otherwise."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise TooLarge
@@ -55,23 +58,51 @@ async def read_json(request: Request, limit: int = MAX_BODY) -> dict:
             raise TooLarge
         chunks.append(chunk)
     try:
-        body = json.loads(b"".join(chunks))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise BadInput(f"body: not valid JSON ({exc})") from None
+        body = json.loads(b"".join(chunks), object_pairs_hook=_unique_keys)
+    except BadInput:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, a 5000-digit
+        raise BadInput(f"body: not valid JSON ({exc})") from None  # integer, [[[[... nested too deep
     if not isinstance(body, dict):
         raise BadInput("body: expected a JSON object")
+    if fields is not None:
+        unknown = sorted(set(body) - set(fields))
+        if unknown:
+            raise BadInput(f"body: unknown field {unknown[0]!r} (expected {', '.join(fields)})")
     return body
+
+
+def _unique_keys(pairs: list) -> dict:
+    """A JSON object whose keys are all different (``{"k": 5, "k": 50}`` is refused, not guessed)."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set = set()
+        twice = next(key for key, _ in pairs if key in seen or seen.add(key))
+        raise BadInput(f"body: field {twice!r} given twice")
+    return out
+
+
+def check_query(request: Request, allowed: tuple[str, ...]) -> None:
+    """Only the endpoint's query parameters, each at most once: an unknown one (a misspelt
+    ``exclude_seen``, or ``k`` sent in the query of a POST) or a repeated one is refused, not ignored."""
+    names = [name for name, _ in request.query_params.multi_items()]
+    for name in names:
+        if name not in allowed:
+            expected = f"expected {', '.join(allowed)}" if allowed else "it takes none"
+            raise BadInput(f"{name}: unknown query parameter ({expected})")
+    if len(set(names)) != len(names):
+        twice = next(n for i, n in enumerate(names) if n in names[:i])
+        raise BadInput(f"{twice}: query parameter given more than once")
 
 
 def _query_int(request: Request, name: str, default: int, high: int) -> int:
     """An integer query parameter in ``1..high``."""
     raw = request.query_params.get(name)
     if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadInput(f"{name}: expected an integer in 1..{high}, got {raw!r}") from None
+        return min(default, high)  # the default never exceeds --max-k
+    if not (raw.isascii() and INTEGER.fullmatch(raw)):  # int() would take '1_0', ' 3' and '٣'
+        raise BadInput(f"{name}: expected an integer in 1..{high}, got {raw[:40]!r}")
+    value = int(raw)
     if not 1 <= value <= high:
         raise BadInput(f"{name}: must be in 1..{high}, got {value}")
     return value
@@ -141,6 +172,7 @@ def create_app(rec: Recommender) -> FastAPI:
 
     @app.get("/users")
     async def users(request: Request):
+        check_query(request, ("prefix", "limit"))
         prefix = request.query_params.get("prefix", "")
         limit = _query_int(request, "limit", 50, rec.max_k)
         out = [u for u in rec.art.user_ids if u.startswith(prefix)][:limit] if prefix else \
@@ -149,6 +181,7 @@ def create_app(rec: Recommender) -> FastAPI:
 
     async def user_recs(request: Request):
         user = request.path_params["user"]
+        check_query(request, ("k", "exclude_seen"))
         k = _query_int(request, "k", 20, rec.max_k)
         items = await work(rec.recommend_user, user, k, _query_bool(request, "exclude_seen", True))
         return _json({"user": user, "items": items})
@@ -157,23 +190,27 @@ def create_app(rec: Recommender) -> FastAPI:
     app.router.add_route("/users/{user}/recommendations", user_recs, methods=["GET"])
 
     @app.get("/users/{user}/items")
-    async def user_items(user: str):
+    async def user_items(user: str, request: Request):
+        check_query(request, ())
         return _json({"user": user, "items": rec.user_items(user)})
 
     @app.post("/recommendations")
     async def basket(request: Request):
-        body = await read_json(request)
-        items = await work(rec.recommend_basket, body.get("items"), body.get("k", 20))
+        check_query(request, ())
+        body = await read_json(request, fields=("items", "k"))
+        items = await work(rec.recommend_basket, body.get("items"), body.get("k", min(20, rec.max_k)))
         return _json({"user": None, "items": items})
 
     @app.get("/items/{item}/similar")
     async def similar(item: str, request: Request):
+        check_query(request, ("k",))
         items = await work(rec.similar, item, _query_int(request, "k", 10, rec.max_k))
         return _json({"item": item, "items": items})
 
     @app.post("/items")
     async def add_item(request: Request):
-        body = await read_json(request)
+        check_query(request, ())
+        body = await read_json(request, fields=("item", "features"))
         out = await run_in_threadpool(rec.add_item, body.get("item"), body.get("features"))
         return _json(out, 201)
 

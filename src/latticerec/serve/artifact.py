@@ -30,6 +30,7 @@ MANIFEST, ARRAYS, IDS, CARD = "manifest.json", "arrays.safetensors", "ids.json",
 ADDED_ARRAYS, ADDED_JSON = "added_items.safetensors", "added_items.json"
 DTYPES = ("float32", "int64", "int32")
 FOLD_PREFIX = "fold."
+MAX_SCORE = 1e30  # bound on ||u|| ||x|| and ||x||^2 (float32 overflows past 3.4e38)
 
 
 class ArtifactError(LatticeRecError, ValueError):
@@ -114,7 +115,7 @@ def _read_json(path: Path) -> object:
         raise ArtifactError(f"{path}: missing (is {path.parent} a folder written by 'latticerec export'?)")
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, RecursionError) as exc:  # also a 5000-digit number, [[[[... too deep
         raise ArtifactError(f"{path}: unreadable JSON ({exc})") from None
 
 
@@ -179,7 +180,8 @@ def _check_core(arrays: dict[str, np.ndarray], man: dict, where: Path) -> None:
     ds = man["dataset"]
     if (ds.get("n_users"), ds.get("n_items")) != (users.shape[0], items.shape[0]):
         raise ArtifactError(f"{where}: {users.shape[0]} users x {items.shape[0]} items, but the manifest's "
-                            f"dataset has {ds.get('n_users')} x {ds.get('n_items')}")
+                            f"dataset has {ds.get('n_users')!r} x {ds.get('n_items')!r}")
+    _check_scores_fit(users, items, where)
     indptr, indices = arrays["train_indptr"], arrays["train_indices"]
     if indptr.shape[0] != users.shape[0] + 1 or indptr[0] != 0 or indptr[-1] != indices.shape[0] \
             or (np.diff(indptr) < 0).any():
@@ -187,6 +189,25 @@ def _check_core(arrays: dict[str, np.ndarray], man: dict, where: Path) -> None:
                             f"and {indices.shape[0]} interactions")
     if indices.size and (indices.min() < 0 or indices.max() >= items.shape[0]):
         raise ArtifactError(f"{where}: train_indices holds item indices outside [0, {items.shape[0]})")
+
+
+def _max_norm(arr: np.ndarray) -> float:
+    """The largest row norm (float32 squares, then the largest or overflowing rows in float64)."""
+    if not arr.size:
+        return 0.0
+    with np.errstate(over="ignore"):
+        sq = np.einsum("ij,ij->i", arr, arr)
+    top = arr[(sq == sq.max()) | ~np.isfinite(sq)].astype(np.float64)
+    return float(np.sqrt((top ** 2).sum(1).max()))
+
+
+def _check_scores_fit(users: np.ndarray, items: np.ndarray, where: Path, name: str = "item_repr") -> None:
+    """Finite is not enough: a score u . x (and a cosine's ||x||^2) must stay well inside float32, or
+    an item scores inf and is dropped, or every cosine is 0 (MAX_SCORE bounds ||u|| ||x||)."""
+    nu, ni = _max_norm(users), _max_norm(items)
+    if max(nu, ni) * ni > MAX_SCORE:
+        raise ArtifactError(f"{where}: array {name!r} (rows of norm up to {ni:.3g}) and 'user_repr' (up to "
+                            f"{nu:.3g}) are too large: their scores would overflow float32")
 
 
 def _check_ids(ids: object, n_users: int, n_items: int, where: Path) -> tuple[list, list, list | None]:
@@ -207,7 +228,8 @@ def _check_ids(ids: object, n_users: int, n_items: int, where: Path) -> tuple[li
     return out[0], out[1], titles
 
 
-def _load_added(path: Path, dim: int, item_ids: list[str], n_items: int):
+def _load_added(path: Path, users: np.ndarray, item_ids: list[str], n_items: int):
+    dim = users.shape[1]
     meta_path, arr_path = path / ADDED_JSON, path / ADDED_ARRAYS
     if not meta_path.exists() and not arr_path.exists():
         return np.zeros((0, dim), np.float32), [], []
@@ -225,6 +247,7 @@ def _load_added(path: Path, dim: int, item_ids: list[str], n_items: int):
     rep = rep[: len(ids)]  # one more row: a POST that crashed between the two writes (never answered)
     if not np.isfinite(rep).all():
         raise ArtifactError(f"{arr_path}: array 'item_repr' contains NaN or inf")
+    _check_scores_fit(users, rep, arr_path)
     if len(set(ids)) != len(ids) or set(ids) & set(item_ids):
         raise ArtifactError(f"{meta_path}: field 'items' repeats an id or reuses a trained item's id")
     nbrs = meta.get("neighbours")
@@ -247,7 +270,7 @@ def load_model_dir(path: str | Path) -> ModelArtifact:
     _check_core(arrays, man, path / ARRAYS)
     n_users, n_items = arrays["user_repr"].shape[0], arrays["item_repr"].shape[0]
     users, items, titles = _check_ids(_read_json(path / IDS), n_users, n_items, path / IDS)
-    added, added_ids, nbrs = _load_added(path, arrays["item_repr"].shape[1], items, n_items)
+    added, added_ids, nbrs = _load_added(path, arrays["user_repr"], items, n_items)
     fold = {k[len(FOLD_PREFIX):]: v for k, v in arrays.items() if k.startswith(FOLD_PREFIX)}
     return ModelArtifact(manifest=man, user_repr=arrays["user_repr"], item_repr=arrays["item_repr"],
                          train_indptr=arrays["train_indptr"], train_indices=arrays["train_indices"],

@@ -408,7 +408,8 @@ class FoldIn:
                 vec = np.asarray(features[m])
             except (TypeError, ValueError):  # ragged nesting
                 vec = None
-            if vec is None or vec.dtype.kind not in "iuf":
+            if vec is None or vec.dtype.kind not in "iuf" or (  # [true, 0.5, ...]: numpy reads 1.0
+                    isinstance(features[m], list) and any(type(v) is bool for v in features[m])):
                 raise ValueError(f"modality {m!r}: the feature vector must be a list of numbers")
             if vec.ndim != 1 or vec.shape[0] != dim:
                 raise ValueError(f"modality {m!r}: expected a vector of length {dim}, got shape "

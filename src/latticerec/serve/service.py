@@ -166,11 +166,15 @@ class Recommender:
                 f"model {self.art.model!r} has no content: it cannot place a new item"
             raise BadInput(f"features: {reason}")
         if not isinstance(raw, str) or not raw.strip() or len(raw) > MAX_ID_LENGTH \
-                or not raw.isprintable() or "/" in raw:
-            raise BadInput(f"item: expected a printable id of 1..{MAX_ID_LENGTH} characters without '/'")
+                or not raw.isprintable() or "/" in raw or raw in (".", ".."):
+            raise BadInput(f"item: expected a printable id of 1..{MAX_ID_LENGTH} characters without '/' "
+                           "(and not '.' or '..', which no URL can name)")
         if not isinstance(features, dict):
             raise BadInput("features: expected an object mapping modality name to a list of numbers")
         try:
+            for m, vec in self.fold_in.check_features(features).items():
+                if not vec.any():  # a client's placeholder, not content: refused, never placed
+                    raise BadInput(f"modality {m!r}: the feature vector is all zeros")
             rep, nbrs = self.fold_in.place(features)
         except ValueError as exc:
             raise BadInput(str(exc)) from None
