@@ -113,3 +113,16 @@ def test_fast_and_line_by_line_parsing_agree(tmp_path):
         np.testing.assert_array_equal(other.rating, clean.rating)
         np.testing.assert_array_equal(other.timestamp, clean.timestamp)
     assert slow.bad.count == 1 and slow.bad.examples[0][0] == 22
+
+
+def test_nan_and_inf_ratings_or_times_are_malformed_lines(tmp_path):
+    rows = toy_rows()
+    rows.insert(2, "10\t50\tnan\t1")
+    rows.insert(5, "10\t51\t3\tinf")
+    rows.insert(7, "10\t52\t-Infinity\t1")
+    src = write_inter(tmp_path, rows)
+    data = read_recbole_inter(src, max_bad=5, progress=False)
+    assert data.bad.count == 3 and [n for n, _ in data.bad.examples] == [4, 7, 9]
+    assert all("not a finite number" in why for _, why in data.bad.examples)
+    assert np.isfinite(data.rating).all() and np.isfinite(data.timestamp).all()
+    assert len(data.rating) == len(toy_rows())

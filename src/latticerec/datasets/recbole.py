@@ -12,6 +12,7 @@ integers), then split per user with a seed.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -161,6 +162,8 @@ def _fast_block(block: list[str], lay: _Layout):
         t = _numbers(flat[lay.timestamp::lay.width]) if lay.timestamp >= 0 else np.zeros(len(users))
     except ValueError:
         return None
+    if not (np.isfinite(r).all() and np.isfinite(t).all()):  # 'nan', 'inf': float() takes them
+        return None
     return users, items, r, t
 
 
@@ -186,6 +189,9 @@ def _slow_block(block: list[str], lay: _Layout, lineno: int, bad: BadLines):
             t = float(parts[lay.timestamp]) if lay.timestamp >= 0 else 0.0
         except ValueError:
             bad.add(lineno, f"rating/timestamp is not a number: {line[:60]!r}")
+            continue
+        if not (math.isfinite(r) and math.isfinite(t)):  # a NaN rating or an inf time would be kept
+            bad.add(lineno, f"rating/timestamp is not a finite number: {line[:60]!r}")
             continue
         users.append(u)
         items.append(i)
