@@ -456,6 +456,10 @@ def test_default_k_within_max_k(exported):
     for r in (c.get("/users/u1/recommendations?exclude_seen=false"), c.get("/items/item-1/similar"),
               c.post("/recommendations", json={"items": ["item-1"]})):
         assert r.status_code == 200 and len(r.json()["items"]) == 7, r.text
+    # the page lists 100 user ids: a listing's limit is not a top-k, --max-k does not bound it
+    r = c.get("/users?limit=100")
+    assert r.status_code == 200 and 7 < len(r.json()["users"]) <= 100, r.text
+    assert c.get("/users?limit=1001").status_code == 422
 
 
 def _random_artifact(n_users=50, n_items=3000, dim=16, seed=0):

@@ -28,6 +28,7 @@ from latticerec.serve.service import BadInput, Conflict, NotFound, Recommender
 
 MAX_BODY = 1 << 20
 INLINE_WORK = 1 << 22  # catalogues of at most this many numbers are scored on the event loop
+MAX_LIST = 1000  # user ids listed by one GET /users (the page asks for 100)
 INTEGER = re.compile(r"[+-]?[0-9]{1,18}")
 log = logging.getLogger("latticerec.serve")
 
@@ -174,7 +175,7 @@ def create_app(rec: Recommender) -> FastAPI:
     async def users(request: Request):
         check_query(request, ("prefix", "limit"))
         prefix = request.query_params.get("prefix", "")
-        limit = _query_int(request, "limit", 50, rec.max_k)
+        limit = _query_int(request, "limit", 50, MAX_LIST)  # a listing, not a top-k: not --max-k
         out = [u for u in rec.art.user_ids if u.startswith(prefix)][:limit] if prefix else \
             rec.art.user_ids[:limit]
         return _json({"users": out})
