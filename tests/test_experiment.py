@@ -72,6 +72,8 @@ def count_fit(monkeypatch):
     (TINY.replace('datasets = ["synthetic"]', "datasets = []"), "datasets must be a non-empty list"),
     (TINY.replace("[options]", "metrics = ['mrr@5']\n[options]"), "metrics ['mrr@5']"),
     (TINY.replace("n_layers = [1, 2]", "n_layers = []"), "grid.n_layers: expected a non-empty list"),
+    (TINY.replace("[options]", "metrics = ['recall@0']\n[options]"), "metrics ['recall@0']"),
+    (TINY.replace('label = "mf"', f'label = "{"m" * 101}"\nmodel = "mf"'), "at most 100 characters"),
 ])
 def test_a_bad_spec_is_an_error_naming_the_file_and_the_key(tmp_path, text, needle):
     path = write_spec(tmp_path, text)
@@ -94,6 +96,33 @@ def test_unknown_options_and_models_are_found_when_planned_naming_file_and_model
     assert main(["experiment", str(path), "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("latticerec: error: ") and str(path) in err and "Traceback" not in err
+
+
+def test_a_spec_metric_the_runs_do_not_evaluate_is_an_error_when_planned(tmp_path, capsys, count_fit):
+    path = write_spec(tmp_path, TINY.replace("[options]", "metrics = ['recall@5', 'ndcg@20']\n[options]"))
+    with pytest.raises(ConfigError) as err:  # not a summary of NaN (or a KeyError) after the training
+        plan(load_spec(path), tmp_path / "out")
+    assert str(path) in str(err.value) and "recall@5" in str(err.value) and "topk" in str(err.value)
+    assert main(["experiment", str(path), "--out", str(tmp_path / "out"), "--check"]) == 2
+    assert "recall@5" in capsys.readouterr().err and count_fit == []
+    path = write_spec(tmp_path, TINY.replace("epochs = 2", "epochs = 2\ntopk = [5, 20]").replace(
+        "[options]", "metrics = ['recall@5']\n[options]"), "ok.toml")
+    assert plan(load_spec(path), tmp_path / "out")
+
+
+def test_results_leave_out_a_foreign_run_left_in_a_planned_folder(tmp_path, capsys):
+    text = TINY.replace("grid = { n_layers = [1, 2] }", "")
+    old = write_spec(tmp_path, text.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        "epochs = 2", "epochs = 1"), "old.toml")
+    assert main(["experiment", str(old), "--out", str(tmp_path / "out")]) == 0
+    new = write_spec(tmp_path, text, "new.toml")  # epochs = 2: the old seed-0 runs are other runs
+    assert main(["experiment", str(new), "--out", str(tmp_path / "out")]) == 2
+    assert "holds a run with other options" in capsys.readouterr().err
+    rows = list(csv.DictReader((tmp_path / "out/results.csv").open()))
+    assert [(r["label"], r["seed"], r["epochs"]) for r in rows] == [("mf", "1", "2"), ("lightgcn", "1", "2")]
+    summary = json.loads((tmp_path / "out/summary.json").read_text())
+    assert [c["seeds"] for c in summary["cells"]] == [[1], [1]]
+    assert summary["cells"][1]["tests"]["recall@20"]["seeds"] == [1]
 
 
 def test_grid_runs_and_a_second_call_skips_every_finished_run(tmp_path, count_fit):
@@ -200,9 +229,11 @@ def test_jobs_run_in_worker_processes(tmp_path):
 
 
 def _fake_run(run_dir: Path, recall: np.ndarray, seed: int) -> None:
+    from latticerec.train.build import resolve_config
     from latticerec.train.rundir import RunDir
 
     rd = RunDir(run_dir)
+    rd.write_config({"model": "mf", "data": "synthetic", "config": resolve_config("mf").to_dict()})
     users = np.arange(recall.size, dtype=np.int64)[::-1].copy()  # any order: aligned by user id
     rd.write_per_user(users, {"recall@20": recall[users]}, epoch=1)
     rd.write_metrics({"model": "mf", "best_epoch": 1, "epochs_run": 1, "train_seconds": 0.1,

@@ -86,3 +86,38 @@ def test_a_model_with_nothing_to_train_has_no_curves(tmp_path, capsys):
     assert not (out / "curves.png").exists()
     assert main(["plot", "--run", str(out)]) == 0 and "no epochs" in capsys.readouterr().out
     assert np.isfinite(json.loads((out / "metrics.json").read_text())["test"]["recall@20"])
+
+
+@pytest.mark.parametrize("change, needle", [
+    (lambda s: s.update(name=5), "a name, an alpha and metric names"),
+    (lambda s: s.update(alpha="x"), "a name, an alpha and metric names"),
+    (lambda s: s.update(metrics=[3]), "a name, an alpha and metric names"),
+    (lambda s: s["cells"][1]["tests"].update({"recall@20": {"significant": True}}),
+     "cells[1]: tests.recall@20: missing or malformed"),
+    (lambda s: s["cells"][1].update(reference=3), "cells[1]: malformed reference"),
+])
+def test_a_tampered_summary_is_an_error_naming_the_file_not_a_traceback(tmp_path, capsys, change, needle):
+    fake_summary(tmp_path / "exp", [cell("lightgcn"), cell("lattice", reference="lightgcn")])
+    summary = json.loads((tmp_path / "exp" / "summary.json").read_text())
+    change(summary)
+    (tmp_path / "exp" / "summary.json").write_text(json.dumps(summary))
+    assert main(["report", str(tmp_path / "exp")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("latticerec: error: ") and "summary.json" in err and needle in err
+
+
+def test_plot_of_a_tampered_history_is_an_error_naming_the_file(tmp_path, capsys):
+    from latticerec.train.rundir import RunDir
+
+    run = RunDir(tmp_path / "run")
+    for history in ([{"epoch": "x", "loss_bpr": 0.5}], [{"epoch": 1, "loss_bpr": "a"}],
+                    [{"epoch": 1, "loss_bpr": 0.5, "valid_recall@20": None}]):
+        run.write_metrics({"model": "mf", "data": "synthetic", "best_epoch": 1, "history": history})
+        assert main(["plot", "--run", str(run.path)]) == 2
+        err = capsys.readouterr().err
+        assert "metrics.json: no valid 'history'" in err and "Traceback" not in err
+    # a record without one of the two validation metrics is drawn with a gap
+    run.write_metrics({"model": "mf", "data": "synthetic", "best_epoch": 1,
+                       "history": [{"epoch": 1, "loss_bpr": 0.5, "valid_recall@20": 0.1}]})
+    assert main(["plot", "--run", str(run.path)]) == 0
+    assert (run.path / "curves.png").read_bytes().startswith(PNG)

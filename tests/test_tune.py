@@ -266,3 +266,45 @@ def test_a_resumed_study_does_not_draw_the_values_of_its_first_trials_again(tmp_
     tune("lattice", "synthetic", 2, fresh, epochs=2, fixed=FIXED, warmup=1, log=lambda m: None)
     again = optuna.load_study(study_name="lattice-synthetic", storage=f"sqlite:///{fresh / 'study.db'}")
     assert [t.params for t in again.trials] == first
+
+
+def test_a_bad_storage_or_an_out_holding_another_study_is_a_clear_error(tmp_path, capsys):
+    base = ["tune", "--model", "mf", "--data", "synthetic", "--trials", "1", "--epochs", "1"]
+    for extra, needle in ((["--storage", "not-a-url"], "--storage: cannot open the optuna storage"),
+                          (["--storage", f"sqlite:///{tmp_path}/missing/dir/s.db"], "cannot open")):
+        assert main([*base, "--out", str(tmp_path / "a"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, err
+    with pytest.raises(SystemExit) as exit_:  # an option argparse checks
+        main([*base, "--out", str(tmp_path / "a"), "--warmup", "-1"])
+    assert exit_.value.code == 2 and "--warmup: must be >= 0" in capsys.readouterr().err
+    done = tmp_path / "done"  # a finished study of another model: its best config is not replaced
+    done.mkdir()
+    (done / "best_trial.json").write_text(json.dumps({"study": "lightgcn-synthetic"}))
+    (done / "best_config.json").write_text('{"model": "lightgcn", "options": {}}')
+    assert main([*base, "--out", str(done)]) == 2
+    assert "holds the study 'lightgcn-synthetic'" in capsys.readouterr().err
+    assert json.loads((done / "best_config.json").read_text())["model"] == "lightgcn"
+    running = tmp_path / "running"  # a study under way (no best_trial.json yet): its trials/ are its own
+    running.mkdir()
+    optuna.create_study(storage=f"sqlite:///{running / 'study.db'}", study_name="lightgcn-synthetic")
+    assert main([*base, "--out", str(running)]) == 2
+    assert "holds the study 'lightgcn-synthetic'" in capsys.readouterr().err
+    assert optuna.get_all_study_names(f"sqlite:///{running / 'study.db'}") == ["lightgcn-synthetic"]
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main([*base, "--out", str(afile)]) == 2
+    assert "not a folder" in capsys.readouterr().err
+
+
+def test_a_config_file_with_a_non_string_model_or_a_key_given_twice_is_an_error(tmp_path, capsys):
+    cfg = tmp_path / "best.toml"
+    cfg.write_text('model = ["mf"]\n')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r1")]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "is not in the registry" in err and "Traceback" not in err
+    cfg = tmp_path / "best.json"  # JSON would keep the last: TOML's rule, an error
+    cfg.write_text('{"model": "mf", "options": {"epochs": 1}, "model": "lightgcn"}')
+    assert main(["train", "--config", str(cfg), "--out", str(tmp_path / "r2")]) == 2
+    err = capsys.readouterr().err
+    assert str(cfg) in err and "'model' given twice" in err and not (tmp_path / "r2").exists()

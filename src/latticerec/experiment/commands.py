@@ -9,6 +9,18 @@ from latticerec.errors import LatticeRecError
 from latticerec.serve.commands import positive_int as _positive
 
 
+def _non_negative(text: str) -> int:
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _set_options(groups) -> dict:
     from latticerec.config import parse_overrides
 
@@ -157,8 +169,8 @@ def add_experiment_parser(sub) -> None:
     t.add_argument("--metric", default="recall@20", help="objective: valid recall@20 or ndcg@20")
     t.add_argument("--epochs", type=_positive, default=50, help="epoch cap of each trial (default 50)")
     t.add_argument("--seed", type=int, default=2024, help="seed of the sampler and of every trial")
-    t.add_argument("--warmup", type=int, default=5, help="epochs before the median pruner may stop a "
-                   "trial (default 5)")
+    t.add_argument("--warmup", type=_non_negative, default=5, help="epochs before the median pruner "
+                   "may stop a trial (default 5)")
     t.add_argument("--set", nargs="+", action="append", metavar="KEY=VALUE",
                    help="fixed options of every trial (not tuned)")
     t.add_argument("--start-from", metavar="DIR", help="a finished study's folder (or its "

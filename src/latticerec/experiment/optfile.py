@@ -34,20 +34,31 @@ def model_of_options_file(path: str | Path) -> str:
     model = _read(path).get("model")
     if model is None:
         raise ConfigError(f"--config {path}: the file names no model; give --model")
-    if model not in MODELS:
+    if not isinstance(model, str) or model not in MODELS:
         valid = ", ".join(sorted(MODELS))
         raise ConfigError(f"{path}: model {model!r} is not in the registry; valid: {valid}")
     return model
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's pairs as a dict; a key given twice is an error (TOML's rule), not the last."""
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key(s) {', '.join(map(repr, twice))} given twice")
+    return dict(pairs)
+
+
 def _read(path: Path) -> dict[str, Any]:
+    kind = "TOML" if path.suffix.lower() == ".toml" else "JSON"
     try:
         text = path.read_text(encoding="utf-8")
-        data = tomllib.loads(text) if path.suffix.lower() == ".toml" else json.loads(text)
+        data = tomllib.loads(text) if kind == "TOML" else json.loads(text, object_pairs_hook=_unique_keys)
     except FileNotFoundError:
         raise ConfigError(f"--config {path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:  # JSONDecodeError, TOMLDecodeError
-        raise ConfigError(f"--config {path}: unreadable ({exc})") from None
+        raise ConfigError(f"--config {path}: unreadable as {kind} (read by its suffix: .toml is TOML, "
+                          f"anything else JSON) ({exc})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected an object with 'model' and 'options'")
     unknown = sorted(set(data) - set(FILE_KEYS))

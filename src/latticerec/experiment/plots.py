@@ -37,6 +37,10 @@ def save(fig, path: Path) -> Path:
     return path
 
 
+def _number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
 def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     """``RUN/curves.png`` (or ``out``) from the run's history; ``None`` when the run has no epochs
     (a model with nothing to train)."""
@@ -45,8 +49,12 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     run_dir = RunDir(run)
     metrics = run_dir.read_metrics()
     history = metrics.get("history")
-    if not isinstance(history, list) or not all(isinstance(r, dict) and "epoch" in r for r in history):
-        raise LatticeRecError(f"{run_dir.file(run_dir.METRICS)}: no valid 'history' list")
+    if not isinstance(history, list) or not all(isinstance(r, dict) and _number(r.get("epoch"))
+                                                and all(_number(v) for k, v in r.items()
+                                                        if k.startswith(("loss_", "valid_")))
+                                                for r in history):
+        raise LatticeRecError(f"{run_dir.file(run_dir.METRICS)}: no valid 'history' list (each epoch "
+                              "a record of numbers: epoch, loss_*, valid_*)")
     if not history:
         return None
     plt = pyplot()
@@ -62,7 +70,8 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     ax_loss.legend(fontsize=8)
     evals = [r for r in history if "valid_recall@20" in r]
     for key in ("valid_recall@20", "valid_ndcg@20"):
-        ax_valid.plot([r["epoch"] for r in evals], [r[key] for r in evals], marker=".", label=key[6:])
+        ax_valid.plot([r["epoch"] for r in evals], [r.get(key, float("nan")) for r in evals], marker=".",
+                      label=key[6:])
     best = metrics.get("best_epoch")
     if isinstance(best, int) and best > 0:
         ax_valid.axvline(best, color="grey", ls="--", lw=1, label=f"best epoch {best}")

@@ -33,8 +33,13 @@ def read_summary(output: str | Path) -> dict:
     if not isinstance(summary, dict) or not isinstance(summary.get("cells"), list) \
             or not isinstance(summary.get("metrics"), list):
         raise LatticeRecError(f"{path}: expected the summary of 'latticerec experiment'")
+    if not isinstance(summary.get("name"), str) or not _number(summary.get("alpha")) \
+            or not all(isinstance(m, str) for m in summary["metrics"]):
+        raise LatticeRecError(f"{path}: expected the summary of 'latticerec experiment' (a name, an "
+                              "alpha and metric names)")
     kinds = {"label": str, "dataset": str, "point": str, "grid": dict, "mean": dict, "std": dict,
              "tests": dict, "seeds": list, "planned_seeds": int}
+    numbers = ("mean_a", "mean_b", "mean_diff", "t", "p_t", "p_wilcoxon", "effect_size", "n")
     for i, cell in enumerate(summary["cells"]):
         if not isinstance(cell, dict):
             raise LatticeRecError(f"{path}: cells[{i}] is not an object")
@@ -42,6 +47,13 @@ def read_summary(output: str | Path) -> dict:
         if bad or not all(isinstance(cell[d].get(m), float | int | type(None))
                           for d in ("mean", "std") for m in summary["metrics"]):
             raise LatticeRecError(f"{path}: cells[{i}]: missing or malformed {', '.join(bad) or 'mean/std'}")
+        for m, test in cell["tests"].items():
+            if not isinstance(test, dict) or not all(_number(test.get(k)) for k in numbers) \
+                    or not isinstance(test.get("seeds"), list) \
+                    or not isinstance(test.get("significant"), bool):
+                raise LatticeRecError(f"{path}: cells[{i}]: tests.{m}: missing or malformed")
+        if not isinstance(cell.get("reference"), str | type(None)):
+            raise LatticeRecError(f"{path}: cells[{i}]: malformed reference")
     return summary
 
 

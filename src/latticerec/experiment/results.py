@@ -28,12 +28,22 @@ RUN_STATS = ("best_epoch", "epochs_run", "stopped_early", "train_seconds", "seco
 
 
 def run_row(task) -> dict[str, Any] | None:
-    """The ``results.csv`` row of ``task``'s run (``None`` while it has no ``metrics.json``)."""
-    from latticerec.experiment.runner import cell_key, flat_options
+    """The ``results.csv`` row of ``task``'s run (``None`` while it has no ``metrics.json``, and for a
+    folder that holds another run than the planned one: other options, model or data, e.g. an older
+    run left there by a spec or ``--set`` that has changed since; its figures are not this run's)."""
+    from latticerec.experiment.runner import cell_key, data_spec, flat_options, run_state
+    from latticerec.train.build import resolve_config
     from latticerec.train.rundir import RunDir
 
     run_dir = RunDir(task.run_dir)
     if not run_dir.file(run_dir.METRICS).exists():
+        return None
+    expected = {"model": task.model, "data": data_spec(task.data),
+                "config": resolve_config(task.model, task.overrides).to_dict()}
+    try:
+        if run_state(run_dir, expected) != "finished":
+            return None
+    except LatticeRecError:  # a foreign run (the runner reported it failed)
         return None
     m = run_dir.read_metrics()
     label, dataset, point = cell_key(task)
@@ -66,15 +76,12 @@ def csv_text(rows: list[dict]) -> str:
     return buf.getvalue()
 
 
-def _per_user(tasks) -> dict[int, dict]:
+def _per_user(tasks, done: set[str]) -> dict[int, dict]:
+    """Per-user test metrics of the runs of ``tasks`` that have a ``results.csv`` row (``done``: their
+    run folders), by seed."""
     from latticerec.train.rundir import RunDir
 
-    out = {}
-    for t in tasks:
-        rd = RunDir(t.run_dir)
-        if rd.file(rd.PER_USER).exists() and rd.file(rd.METRICS).exists():
-            out[t.seed] = rd.read_per_user()
-    return out
+    return {t.seed: RunDir(t.run_dir).read_per_user() for t in tasks if t.run_dir in done}
 
 
 def seed_matched_test(runs_a: dict[int, dict], runs_b: dict[int, dict], metric: str):
@@ -127,25 +134,27 @@ def summarise(spec, tasks, rows: list[dict], out: str | Path | None = None) -> d
                       "reference": spec.reference_of(key[0]), "tests": {},
                       "tuning": _study_record(out, key),
                       "published": spec.published.get(key[1], {}).get("figures", {}).get(key[0])})
+    runs = {r["run_dir"] for r in rows}
     for cell in cells:
         if cell["reference"] is not None:
-            _test_cell(spec, cell, by_cell)
+            _test_cell(spec, cell, by_cell, runs)
     return {"name": spec.name, "description": spec.description, "spec": spec.path,
             "metrics": list(spec.metrics), "alpha": spec.alpha, "grid": spec.grid,
             "model_grids": {m.label: m.grid for m in spec.models}, "cells": cells,
             "published_sources": {d: p["source"] for d, p in spec.published.items()}}
 
 
-def _test_cell(spec, cell: dict, by_cell: dict[tuple, list]) -> None:
-    """Fill ``cell["tests"]``: the paired tests against its reference cell, one per metric."""
+def _test_cell(spec, cell: dict, by_cell: dict[tuple, list], runs: set[str]) -> None:
+    """Fill ``cell["tests"]``: the paired tests against its reference cell, one per metric, over the
+    finished runs (``runs``: their folders) of the two cells."""
     from latticerec.experiment.spec import point_name
 
     g_point = {k: v for k, v in cell["grid"].items() if k in spec.grid}
     ref_key = (cell["reference"], cell["dataset"], point_name(g_point))
     if ref_key not in by_cell:
         return
-    a = _per_user(by_cell[(cell["label"], cell["dataset"], cell["point"])])
-    b = _per_user(by_cell[ref_key])
+    a = _per_user(by_cell[(cell["label"], cell["dataset"], cell["point"])], runs)
+    b = _per_user(by_cell[ref_key], runs)
     for m in spec.metrics:
         try:
             res, seeds = seed_matched_test(a, b, m)

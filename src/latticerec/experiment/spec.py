@@ -68,8 +68,8 @@ TOP_KEYS = ("name", "description", "datasets", "seeds", "reference", "metrics", 
 TUNE_KEYS = ("trials", "metric", "epochs", "seed", "models")
 MODEL_KEYS = ("label", "model", "reference", "options", "grid", "tune_start")
 RESERVED = ("seed",)  # set by the spec's seeds, not as an option
-_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]*")
-_METRIC = re.compile(r"(recall|precision|ndcg|hit)@[0-9]+")
+_LABEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,99}")  # a folder name (at most 100 characters)
+_METRIC = re.compile(r"(recall|precision|ndcg|hit)@([1-9][0-9]*)")
 
 
 @dataclass(frozen=True)
@@ -166,7 +166,8 @@ def _model(path, i: int, table) -> ModelEntry:
     _check_keys(path, where, table, MODEL_KEYS)
     label = table.get("label", table.get("model"))
     if not isinstance(label, str) or not _LABEL.fullmatch(label):
-        _fail(path, where, f"label {label!r}: letters, digits and _ . + - (give 'label' or 'model')")
+        _fail(path, where, f"label {label!r}: letters, digits and _ . + -, at most 100 characters "
+              "(give 'label' or 'model')")
     model = table.get("model", label)
     if not isinstance(model, str) or not model:
         _fail(path, where, f"model must be a registry name, got {model!r}")
@@ -262,7 +263,7 @@ def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
     metrics = _string_list(path, "", data.get("metrics", ["recall@20", "ndcg@20"]), "metrics")
     bad = [m for m in metrics if not _METRIC.fullmatch(m)]
     if bad:
-        _fail(path, "", f"metrics {bad}: expected recall@K, precision@K, ndcg@K or hit@K")
+        _fail(path, "", f"metrics {bad}: expected recall@K, precision@K, ndcg@K or hit@K (K >= 1)")
     alpha = data.get("alpha", 0.05)
     if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
         _fail(path, "", f"alpha must be a number in (0, 1), got {alpha!r}")
@@ -271,7 +272,7 @@ def parse_spec(data: dict, path: str | Path = "<spec>") -> ExperimentSpec:
             _fail(path, "", f"{key} must be a string, got {data[key]!r}")
     name = data.get("name", Path(path).stem)
     if not _LABEL.fullmatch(name):
-        _fail(path, "", f"name {name!r}: letters, digits and _ . + -")
+        _fail(path, "", f"name {name!r}: letters, digits and _ . + -, at most 100 characters")
     if not isinstance(data["models"], list) or not data["models"]:
         _fail(path, "", "models must be a non-empty list of [[models]] tables")
     models = tuple(_model(path, i, t) for i, t in enumerate(data["models"]))
@@ -470,9 +471,14 @@ def plan(spec: ExperimentSpec, out: str | Path, extra: dict | None = None, *,
             if untuned != "fixed" or finished:
                 overrides.update(tuned_options(spec, study))
         try:
-            resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
+            run = resolve_config(entry.model, {**overrides, "seed": spec.seeds[0]})
         except ConfigError as exc:
             raise ConfigError(f"{spec.path}: models ({entry.label}), {point_name(point)}: {exc}") from None
+        uncut = [m for m in spec.metrics if int(_METRIC.fullmatch(m).group(2)) not in run.train.topk]
+        if uncut:  # the runs would not compute them: a summary of NaN, a paired test without data
+            raise ConfigError(f"{spec.path}: models ({entry.label}), {point_name(point)}: metrics "
+                              f"{', '.join(uncut)}: the runs evaluate at topk {list(run.train.topk)} only "
+                              "(add the cut-off to the 'topk' option or change 'metrics')")
         cell_dir = Path(out) / "runs" / entry.label / Path(data).name / point_name(point)
         tasks += [RunTask(label=entry.label, model=entry.model, data=data, seed=seed, grid=point,
                           overrides={**overrides, "seed": seed}, run_dir=str(cell_dir / f"seed-{seed}"))

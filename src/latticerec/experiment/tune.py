@@ -162,6 +162,32 @@ def _check_study(study, settings: dict, where: str) -> None:
                               f"({', '.join(diff)}); give another --study-name or the same options")
 
 
+def _check_out(out: Path, name: str) -> None:
+    """``out`` must be a folder (or not exist yet) and hold no other study's result."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out}: not a folder")
+    try:
+        done = json.loads((out / "best_trial.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return
+    if isinstance(done, dict) and done.get("study") not in (None, name):
+        raise ConfigError(f"{out}: holds the study {done['study']!r} (best_trial.json), not {name!r}; "
+                          "give another --out")
+
+
+def _storage(url: str, where: str):
+    """optuna's ``RDBStorage`` at ``url``; a :class:`ConfigError` naming ``where`` when it cannot be
+    opened (not a database URL, a folder that does not exist, ...)."""
+    import optuna
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except (SQLAlchemyError, ValueError, ImportError, optuna.exceptions.OptunaError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"{where}: cannot open the optuna storage {url!r} ({first})") from None
+
+
 def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | None = None,
          study_name: str | None = None, metric: str = "recall@20", epochs: int = 50,
          fixed: dict | None = None, seed: int = 2024, warmup: int = 5, device: str = "cpu",
@@ -189,10 +215,15 @@ def tune(model: str, data: str, trials: int, out: str | Path, *, storage: str | 
     fixed = {k: flat_options(resolved)[k] for k in fixed}  # typed, as the configs parsed them
     if start is not None:
         start = start_trial(model, space, start, flat_options(resolved))
+    name = study_name or f"{model}-{Path(data).name}"
+    _check_out(out, name)
     out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    name = study_name or f"{model}-{Path(data).name}"
-    rdb = optuna.storages.RDBStorage(url)
+    rdb = _storage(url, "--storage" if storage else str(out))
+    others = [] if storage else sorted(set(optuna.get_all_study_names(rdb)) - {name})
+    if others:  # its trials/ folder holds their runs: their trial-NNNN would be this study's
+        raise ConfigError(f"{out}: holds the study {others[0]!r} ({url}), not {name!r}; give another "
+                          "--out (or the same --model, --data and --study-name to resume it)")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=rdb, direction="maximize", load_if_exists=True,
                                 sampler=optuna.samplers.TPESampler(seed=seed),
