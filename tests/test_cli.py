@@ -98,6 +98,13 @@ BAD_OPTIONS = [
     (["--set", "embed_dim=1e1"], "embed_dim: expected int, got '1e1'"),
     (["--set", "topk=20,0"], "topk must list positive cut-offs"),
     (["--set", "patience=true"], "patience: expected int"),
+    # a key given twice: the last would win silently
+    (["--set", "lr=0.1", "lr=0.2"], "--set lr: given twice (lr=0.1 and lr=0.2)"),
+    (["--set", "lr=0.1", "--set", "lr=0.1"], "--set lr: given twice"),
+    (["--epochs", "1", "--set", "epochs=5"], "--epochs 1 and --set epochs=5: give the option once"),
+    (["--seed", "1", "--set", "seed=1"], "--seed 1 and --set seed=1"),
+    (["--device", "bogus"], "--device 'bogus': expected cpu, cuda or cuda:N"),
+    (["--device", "cuda:x"], "--device 'cuda:x': expected cpu, cuda or cuda:N"),
 ]
 
 
@@ -262,3 +269,90 @@ def test_train_help_names_every_registered_model_and_the_parser_imports_no_torch
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"  # `latticerec serve` starts without torch
+
+
+def test_a_gpu_index_without_that_gpu_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    """``--device cuda:N`` is checked like ``--device cuda``: no CUDA, or no GPU N, is an error
+    before the data load (it was a torch message, 'not linked with support for cuda devices',
+    from the first tensor moved)."""
+    import torch
+
+    import latticerec.data.readers as readers
+
+    monkeypatch.setattr(readers, "load_dataset", _must_not_load)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert main([*TRAIN, "--device", "cuda:0", "--out", str(tmp_path / "run")]) == 2
+    assert "--device cuda:0 was asked for but no CUDA GPU is available" in capsys.readouterr().err
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert main([*TRAIN, "--device", "cuda:1", "--out", str(tmp_path / "run")]) == 2
+    assert "--device cuda:1: this machine has 1 CUDA GPU(s)" in capsys.readouterr().err
+    assert main(["evaluate", "--run", str(tmp_path / "run"), "--device", "cuda:7"]) == 2
+    assert "cuda:7" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("edit,msg", [
+    (lambda c: c.update(config={}), "run config: no 'model'"),
+    (lambda c: c["config"].pop("train"), "run config: no 'train'"),
+    (lambda c: c["config"].update(train=[1]), "'train' must be an object"),
+    (lambda c: c["config"].update(model_config=[1]), "'model_config' must be an object"),
+    (lambda c: c["config"].update(backbone_config={"embed_dim": 8}), "wraps no backbone"),
+    (lambda c: c["config"]["model_config"].update(bogus=1), "model mf: unknown key(s) bogus"),
+    (lambda c: c["config"]["train"].update(lr=float("nan")), "lr: nan is not a finite number"),
+])
+def test_a_hand_edited_config_json_is_an_error_naming_it(tmp_path, capsys, edit, msg):
+    """--resume and evaluate read config.json back: a malformed one is one line naming the file
+    (a missing key or a list for an object was a KeyError/TypeError traceback on --resume)."""
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    edit(saved)
+    (out / "config.json").write_text(json.dumps(saved))
+    capsys.readouterr()
+    for argv in ([*TRAIN, "--out", str(out), "--resume"], ["evaluate", "--run", str(out)]):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.startswith("latticerec: error: ") and str(out / "config.json") in err and msg in err, err
+    (out / "config.json").write_text("[" * 100_000 + "]" * 100_000)  # deeper than the JSON parser goes
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 2
+    assert f"{out / 'config.json'}: unreadable (JSON nested too deeply)" in capsys.readouterr().err
+
+
+def test_tampered_best_weights_are_refused_by_evaluate_and_export(tmp_path, capsys):
+    """NaN, another dtype, or best.pt of another model config or other data: each refused naming
+    best.pt (they were loaded, and evaluated or exported, silently)."""
+    import shutil
+
+    import torch
+
+    out, other = tmp_path / "run", tmp_path / "other"
+    assert main([*TRAIN, "--out", str(out)]) == 0
+    assert main([*TRAIN, "--out", str(other), "--set", "reg=0.5"]) == 0  # same shapes, other config
+    good = (out / "best.pt").read_bytes()
+
+    def tamper(change):
+        best = torch.load(out / "best.pt", weights_only=True)
+        change(best)
+        torch.save(best, out / "best.pt")
+
+    def first(best):
+        return next(iter(best["model"].values()))
+
+    cases = [
+        (lambda: tamper(lambda b: first(b).__setitem__((0, 0), float("nan"))), "holds NaN or infinite"),
+        (lambda: tamper(lambda b: b["model"].update({k: v.double() for k, v in b["model"].items()})),
+         "torch.float64"),
+        (lambda: tamper(lambda b: b.update(dataset_hash="0" * 64)), "trained on other data"),
+        (lambda: shutil.copy(other / "best.pt", out / "best.pt"), "another model config"),
+    ]
+    capsys.readouterr()
+    for change, msg in cases:
+        (out / "best.pt").write_bytes(good)
+        change()
+        for argv in (["evaluate", "--run", str(out)],
+                     ["export", "--run", str(out), "--out", str(tmp_path / "model"), "--overwrite"]):
+            assert main(argv) == 2, (argv, msg)
+            err = capsys.readouterr().err
+            assert str(out / "best.pt") in err and msg in err, err
+    (out / "best.pt").write_bytes(good)
+    assert main(["evaluate", "--run", str(out)]) == 0

@@ -202,3 +202,78 @@ def test_a_model_with_nothing_to_train_writes_its_run_files(blocks, tmp_path):
     assert RunDir(tmp_path).load_best()["epoch"] == 0
     assert RunDir(tmp_path).read_per_user()["recall@20"].mean() == \
         pytest.approx(result["test"]["recall@20"], abs=1e-12)
+
+
+def _tamper_checkpoint(folder, change):
+    rd = RunDir(folder)
+    ckpt = rd.load_checkpoint()
+    change(ckpt)
+    rd.save_checkpoint(ckpt)
+
+
+def _first(weights):
+    return weights[next(iter(weights))]
+
+
+TAMPERED_CHECKPOINTS = [
+    (lambda c: _first(c["model"]).__setitem__((0, 0), float("nan")), "its weights: .* NaN or infinite"),
+    (lambda c: _first(c["best_model"]).fill_(float("inf")), "its best weights: .* NaN or infinite"),
+    (lambda c: c["model"].update({k: v.long() for k, v in c["model"].items()}), "torch.int64"),
+    (lambda c: c["best_model"].update({k: v.double() for k, v in c["best_model"].items()}),
+     "its best weights: .*torch.float64"),
+    (lambda c: _first(c["optimizer"]["state"]).update(exp_avg=torch.zeros(3)),
+     "optimizer 'exp_avg' of parameter 0 has shape"),
+    (lambda c: _first(c["optimizer"]["state"])["exp_avg_sq"].fill_(float("nan")),
+     "optimizer 'exp_avg_sq' of parameter 0 holds NaN"),
+    (lambda c: c["state"].update(epoch="3"), "malformed loop state: epoch='3'"),
+    (lambda c: c["state"].update(best_recall=float("nan")), "malformed loop state: best_recall=nan"),
+    (lambda c: c["state"].update(history="x"), "malformed loop state: history='x'"),
+    (lambda c: c["state"].update(epoch=-2), "malformed loop state: epoch=-2"),
+]
+
+
+@pytest.mark.parametrize("change,msg", TAMPERED_CHECKPOINTS)
+def test_resume_refuses_a_checkpoint_with_invalid_weights_optimizer_or_loop_state(blocks, tmp_path,
+                                                                                  change, msg):
+    """Shapes were all a resume checked: NaN weights, another dtype (cast silently by
+    load_state_dict), a NaN best_recall (which silently kept every later epoch from counting as
+    better) or Adam moments of the wrong shape were taken; a string epoch was a TypeError."""
+    run = resolve_config("mf", FAST)
+    fit(build_model(run, blocks), blocks, run.train, out_dir=tmp_path, progress=False)
+    _tamper_checkpoint(tmp_path, change)
+    with pytest.raises(RunError, match=msg):
+        fit(build_model(run, blocks), blocks, run.train, out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_resume_refuses_a_checkpoint_or_best_file_of_another_model_config(tmp_path, capsys):
+    """LightGCN's weights have the same shapes for any n_layers: a checkpoint (or best.pt) copied in
+    from a run with another model config was resumed silently; now the files carry the config."""
+    from latticerec.cli import main
+
+    args = ["train", "--model", "lightgcn", "--data", "synthetic", "--epochs", "2", "--quiet",
+            "--set", "embed_dim=8"]
+    a, b = tmp_path / "a", tmp_path / "b"
+    assert main([*args, "--out", str(a)]) == 0
+    assert main([*args, "n_layers=1", "--out", str(b)]) == 0
+    good = {name: (a / name).read_bytes() for name in (RunDir.CHECKPOINT, RunDir.BEST)}
+    capsys.readouterr()
+    for name, msg in ((RunDir.CHECKPOINT, "was trained with another model or model config"),
+                      (RunDir.BEST, "holds the weights of another model config")):
+        for other, data in good.items():
+            (a / other).write_bytes(data)
+        (a / name).write_bytes((b / name).read_bytes())
+        assert main([*args, "--epochs", "3", "--out", str(a), "--resume"]) == 2
+        err = capsys.readouterr().err
+        assert str(a / name) in err and msg in err, err
+    for other, data in good.items():
+        (a / other).write_bytes(data)
+    assert main([*args, "--epochs", "3", "--out", str(a), "--resume"]) == 0
+
+
+def test_resume_refuses_a_best_file_of_the_right_epoch_with_altered_weights(blocks, tmp_path):
+    run = resolve_config("mf", FAST)
+    fit(build_model(run, blocks), blocks, run.train, out_dir=tmp_path, progress=False)
+    best = RunDir(tmp_path).load_best()
+    _rewrite_best(tmp_path, model={k: v + 1 for k, v in best["model"].items()})
+    with pytest.raises(RunError, match="not the checkpoint's best weights"):
+        fit(build_model(run, blocks), blocks, run.train, out_dir=tmp_path, resume=True, progress=False)

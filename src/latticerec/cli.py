@@ -38,9 +38,13 @@ def _train_overrides(args) -> dict:
     from latticerec.models.registry import get_model_class
 
     overrides = read_options_file(args.config, args.model) if args.config else {}
-    overrides.update(parse_overrides([kv for group in args.set or [] for kv in group]))
+    given = parse_overrides([kv for group in args.set or [] for kv in group])
+    overrides.update(given)
     for name in ("epochs", "seed", "protocol"):  # parsed and checked with the config, like --set
         if getattr(args, name) is not None:
+            if name in given:
+                raise LatticeRecError(f"--{name} {getattr(args, name)} and --set {name}={given[name]}: "
+                                      "give the option once")
             overrides[name] = getattr(args, name)
     if args.backbone is not None:
         if not getattr(get_model_class(args.model), "wraps_backbone", False):
@@ -60,10 +64,10 @@ def _check_resumable(run_dir, saved: dict | None, config: dict, data_spec: str) 
 
     if saved is None:
         raise LatticeRecError(f"--resume: {run_dir.path} holds no run to resume")
-    from latticerec.train.build import config_from_dict
+    from latticerec.train.rundir import read_run_config
 
     # read back as a config: a run saved before an option existed gets that option's default
-    saved_config = config_from_dict(saved["config"]).to_dict()
+    saved_config = read_run_config(run_dir, saved).to_dict()
     if training(saved_config) != training(config) or saved["data"] != data_spec:
         raise LatticeRecError(f"--resume: the options differ from the run saved in {run_dir.path}; "
                               "give the same --model/--data/--set as the original run (only the "

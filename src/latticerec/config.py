@@ -118,12 +118,16 @@ def make_config(cls, values: dict[str, Any] | None = None, where: str = "config"
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, str]:
-    """``["a=1", "b=x,y"]`` -> ``{"a": "1", "b": "x,y"}``, with a clear error for malformed pairs."""
+    """``["a=1", "b=x,y"]`` -> ``{"a": "1", "b": "x,y"}``, with a clear error for malformed pairs
+    and for a key given twice."""
     out: dict[str, str] = {}
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"--set {pair!r}: expected key=value")
+        if key.strip() in out:  # the last one would win silently
+            raise ConfigError(f"--set {key.strip()}: given twice ({key.strip()}={out[key.strip()]} "
+                              f"and {pair.strip()}); give each option once")
         out[key.strip()] = value.strip()
     return out
 

@@ -125,26 +125,48 @@ LEGACY = {"grcn": {"edge_score": "cosine", "confidence_of": "sender", "pruning":
 def config_from_dict(saved: dict) -> RunConfig:
     """Rebuild a :class:`RunConfig` from :meth:`RunConfig.to_dict` output (a saved run); options
     saved under an old name (:data:`RENAMED`) are read under the new one, options it lacks whose
-    default has since changed the model take the value it was trained with (:data:`LEGACY`)."""
+    default has since changed the model take the value it was trained with (:data:`LEGACY`).
+    A malformed ``saved`` (a key missing or of the wrong JSON type) is a :class:`ConfigError`."""
+    if not isinstance(saved, dict):
+        raise ConfigError(f"run config: expected a JSON object, got {type(saved).__name__}")
+    for key, kind, name in (("model", str, "a string"), ("model_config", dict, "an object"),
+                            ("train", dict, "an object"), ("backbone_config", (dict, type(None)),
+                                                            "an object or null")):
+        if key not in saved and key != "backbone_config":
+            raise ConfigError(f"run config: no {key!r}")
+        if not isinstance(saved.get(key), kind):
+            raise ConfigError(f"run config: {key!r} must be {name}, got {saved.get(key)!r:.60}")
     cls = get_model_class(saved["model"])
     values = {RENAMED.get((saved["model"], k), k): v for k, v in saved["model_config"].items()}
     legacy = LEGACY.get(saved["model"], {})
     if legacy and not legacy.keys() & values.keys():
         values.update(legacy)
-    model_cfg = make_config(cls.Config, values)
+    model_cfg = make_config(cls.Config, values, where=f"model {saved['model']}")
     backbone_cfg = None
+    if (saved.get("backbone_config") is None) == getattr(cls, "wraps_backbone", False):
+        raise ConfigError(f"run config: model {saved['model']} "
+                          + ("wraps a backbone but 'backbone_config' is missing"
+                             if saved.get("backbone_config") is None else
+                             "wraps no backbone but has a 'backbone_config'"))
     if saved.get("backbone_config") is not None:
         backbone_cfg = make_config(get_backbone_class(model_cfg.backbone).Config,
-                                   saved["backbone_config"])
+                                   saved["backbone_config"], where=f"backbone {model_cfg.backbone}")
     return RunConfig(model=saved["model"], model_config=model_cfg,
-                     train=make_config(TrainConfig, saved["train"]), backbone_config=backbone_cfg)
+                     train=make_config(TrainConfig, saved["train"], where="training"),
+                     backbone_config=backbone_cfg)
 
 
 def resolve_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("--device cuda was asked for but no CUDA GPU is available")
-    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
-        raise ValueError(f"--device {name!r}: expected cpu or cuda")
+    """``cpu``, ``cuda`` or ``cuda:N``; a :class:`ConfigError` for another name, for CUDA on a
+    machine without it, and for a GPU index beyond this machine's GPUs."""
+    index = name[5:] if name.startswith("cuda:") else None
+    if name not in ("cpu", "cuda") and not (index is not None and index.isascii() and index.isdigit()):
+        raise ConfigError(f"--device {name!r}: expected cpu, cuda or cuda:N")
+    if name != "cpu" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name} was asked for but no CUDA GPU is available")
+    if index is not None and int(index) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA GPU(s), "
+                          f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     return torch.device(name)
 
 

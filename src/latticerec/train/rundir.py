@@ -44,6 +44,47 @@ from latticerec.io import (
 )
 
 _HELD: dict[str, int] = {}  # run folders this process has locked -> nesting depth
+STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
+
+
+def check_weights(weights: Any, reference: dict[str, torch.Tensor], where: str) -> None:
+    """``weights`` (a state dict read from a file) must hold exactly the keys of ``reference`` (the
+    model's own ``state_dict()``), each a dense tensor of the same shape and dtype, and every
+    floating-point value finite: ``load_state_dict`` would silently cast another dtype and load NaN
+    or infinite weights, whose metrics would then be meaningless. A :class:`RunError` naming
+    ``where`` (the file, and which weights in it) otherwise."""
+    if not isinstance(weights, dict):
+        raise RunError(f"{where}: expected a state dict, got {type(weights).__name__}")
+    missing, unexpected = sorted(set(reference) - set(weights)), sorted(set(weights) - set(reference))
+    if missing or unexpected:
+        raise RunError(f"{where}: the weights do not fit this model (another model or model config?): "
+                       + "; ".join(f"{what} {', '.join(map(str, keys[:5]))}" for what, keys in
+                                   (("missing", missing), ("unexpected", unexpected)) if keys))
+    for key, ref in reference.items():
+        value = weights[key]
+        if not isinstance(value, torch.Tensor) or value.layout != ref.layout:
+            kind = f"a {value.layout} tensor" if isinstance(value, torch.Tensor) else type(value).__name__
+            raise RunError(f"{where}: {key!r} is {kind}, not a {ref.layout} tensor like this model's")
+        if tuple(value.shape) != tuple(ref.shape) or value.dtype != ref.dtype:
+            raise RunError(f"{where}: {key!r} is {value.dtype} of shape {tuple(value.shape)}, this "
+                           f"model's is {ref.dtype} of shape {tuple(ref.shape)} (another model or "
+                           "model config?)")
+        if value.is_floating_point() and value.layout == torch.strided \
+                and not bool(torch.isfinite(value).all()):
+            raise RunError(f"{where}: {key!r} holds NaN or infinite values")
+
+
+def run_identity(config: dict) -> dict:
+    """What a run's weights belong to: its ``RunConfig.to_dict()`` (``config.json``'s ``"config"``)
+    read back as a config (options renamed since and defaults filled in) and without the stopping
+    rule. ``checkpoint.pt`` and ``best.pt`` carry it; a file of another model config is refused
+    even where its weights have the same shapes (``n_layers``, ``reg``, ...). A
+    :class:`~latticerec.errors.ConfigError` for a malformed config."""
+    from latticerec.train.build import config_from_dict
+
+    out = config_from_dict(config).to_dict()
+    out["train"] = {k: v for k, v in out["train"].items() if k not in STOPPING_KEYS}
+    return out
 
 
 def _pid_alive(pid: int) -> bool:
@@ -192,6 +233,8 @@ class RunDir:
             out = json.loads(path.read_text())
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise LatticeRecError(f"{path}: unreadable ({exc})") from None
+        except RecursionError:
+            raise LatticeRecError(f"{path}: unreadable (JSON nested too deeply)") from None
         if not isinstance(out, dict):
             raise LatticeRecError(f"{path}: expected a JSON object")
         return out
@@ -306,28 +349,53 @@ class TrainedRun:
     best_epoch: int | None  # the epoch of the best weights (0 for a model with nothing to train)
 
 
+def read_run_config(run_dir: RunDir, meta: dict):
+    """The ``RunConfig`` of ``config.json`` (``meta``, as :meth:`RunDir.read_config` read it); a
+    :class:`RunError` naming the file when it is malformed or holds an invalid option."""
+    from latticerec.train.build import config_from_dict
+
+    try:
+        return config_from_dict(meta["config"])
+    except LatticeRecError as exc:
+        raise RunError(f"{run_dir.file(run_dir.CONFIG)}: {exc}") from None
+
+
+def same_identity(saved: Any, config: dict) -> bool:
+    """Whether a weights file's ``run_config`` (:func:`run_identity` when written) is the run
+    ``config``'s; a malformed one is not."""
+    try:
+        return run_identity(saved) == run_identity(config)
+    except LatticeRecError:
+        return False
+
+
 def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cache=None) -> TrainedRun:
     """Rebuild a trained run's model from its config and data with its best weights
     (``weights_only=True``); refuses data whose content hash differs from the one trained on."""
     from latticerec.data.readers import load_dataset
-    from latticerec.train.build import build_model, config_from_dict
+    from latticerec.train.build import build_model
 
     meta = run_dir.read_config()
-    try:
-        run = config_from_dict(meta["config"])
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise RunError(f"{run_dir.file(run_dir.CONFIG)}: malformed run config ({exc})") from None
+    run = read_run_config(run_dir, meta)
     dataset = load_dataset(meta["data"])
     saved_hash = meta.get("dataset_hash")
     if saved_hash is not None and saved_hash != dataset.content_hash():
         raise RunError(f"{meta['data']}: the data changed since the run in {run_dir.path} was "
                        "trained (content hash differs); its results would not be comparable")
     best = run_dir.load_best(device)
+    where = run_dir.file(run_dir.BEST)
+    if saved_hash is not None and "dataset_hash" in best and best["dataset_hash"] != saved_hash:
+        raise RunError(f"{where}: trained on other data than the run of {run_dir.file(run_dir.CONFIG)} "
+                       "(dataset content hash differs): the files come from different runs")
+    if "run_config" in best and not same_identity(best["run_config"], meta["config"]):
+        raise RunError(f"{where}: the weights of another model config than that of "
+                       f"{run_dir.file(run_dir.CONFIG)}: the files come from different runs")
     model = build_model(run, dataset, device, graph_cache)
+    check_weights(best["model"], model.state_dict(), str(where))
     try:
         model.load_state_dict(best["model"])
     except RuntimeError as exc:
-        raise RunError(f"{run_dir.file(run_dir.BEST)}: the weights do not fit the model of "
+        raise RunError(f"{where}: the weights do not fit the model of "
                        f"{run_dir.file(run_dir.CONFIG)}: {str(exc).splitlines()[0]}") from None
     model.eval()
     return TrainedRun(meta=meta, run=run, dataset=dataset, model=model, run_dir=run_dir,

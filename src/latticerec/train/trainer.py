@@ -10,6 +10,7 @@ state, overall and per user. The test split is never looked at before that.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import time
@@ -28,11 +29,16 @@ from latticerec.errors import RunError, TrainingError
 from latticerec.evaluate.ranking import evaluate_ranking, evaluated_users
 from latticerec.models.base import Recommender
 from latticerec.train.distributed import Dist, share
-from latticerec.train.rundir import RunDir, as_run_dir
+from latticerec.train.rundir import (
+    STOPPING_KEYS,
+    RunDir,
+    as_run_dir,
+    check_weights,
+    run_identity,
+    same_identity,
+)
 from latticerec.train.sampling import BPRSampler, UserUniformSampler
 from latticerec.train.schedule import learning_rate, set_learning_rate
-
-STOPPING_KEYS = ("epochs", "patience")  # a resumed run may change these: they only say when to stop
 
 
 @dataclass
@@ -122,6 +128,8 @@ class _Loop:
         self.extra = dict(extra or {})
         if run_dir is not None:  # what a resume must find unchanged
             self.extra.update(dataset_hash=dataset.content_hash(), train_config=resumable_config(cfg))
+            if run_dir.has_config():  # the model (and its config) the weights belong to
+                self.extra["run_config"] = run_identity(run_dir.read_config()["config"])
         self.progress = progress
         self.device = next(itertools.chain(model.parameters(), model.buffers())).device
         self.state = TrainState()
@@ -165,15 +173,19 @@ class _Loop:
         if saved_config != self.extra["train_config"]:
             raise RunError(f"--resume: {where} was trained with another training config "
                            f"({ckpt.get('train_config')}); only epochs and patience may change")
+        if "run_config" in ckpt and "run_config" in self.extra \
+                and not same_identity(ckpt["run_config"], self.extra["run_config"]):
+            raise RunError(f"--resume: {where} was trained with another model or model config than "
+                           f"the run of {rd.file(rd.CONFIG)}; start again with --overwrite")
+        current = self.model.state_dict()
+        for key, what in (("model", "weights"), ("best_model", "best weights")):
+            check_weights(ckpt.get(key), current, f"--resume: {where}: its {what}")
+        state = _checked_state(ckpt.get("state"), f"--resume: {where}")
+        self._check_optimizer(ckpt.get("optimizer"), f"--resume: {where}")
         try:
-            state = TrainState(**ckpt["state"])
             self._load_weights(ckpt["model"], where)
             self.optimizer.load_state_dict(ckpt["optimizer"])
             best_weights = ckpt["best_model"]
-            current = self.model.state_dict()
-            if not isinstance(best_weights, dict) or {k: tuple(v.shape) for k, v in best_weights.items()} \
-                    != {k: tuple(v.shape) for k, v in current.items()}:
-                raise ValueError("its best weights do not fit this model")
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise RunError(f"--resume: {where} is not a complete latticerec checkpoint "
                            f"({type(exc).__name__}: {exc})") from None
@@ -198,14 +210,48 @@ class _Loop:
             self.optimizer.load_state_dict(payload["optimizer"])
             self.best_weights, self.state = payload["best_model"], TrainState(**payload["state"])
 
+    def _check_optimizer(self, saved, where: str) -> None:
+        """Adam's saved state must be of these parameters (one entry per parameter index, each
+        moment of its parameter's shape) and finite; ``load_state_dict`` checks neither."""
+        if not isinstance(saved, dict) or not isinstance(saved.get("state"), dict) \
+                or not isinstance(saved.get("param_groups"), list):
+            raise RunError(f"{where}: no optimizer state (expected 'state' and 'param_groups')")
+        for index, entry in saved["state"].items():
+            if isinstance(index, bool) or not isinstance(index, int) \
+                    or not 0 <= index < len(self.params) or not isinstance(entry, dict):
+                raise RunError(f"{where}: optimizer state of parameter {index!r}, which this model "
+                               f"does not have ({len(self.params)} parameters)")
+            for name, value in entry.items():
+                if not isinstance(value, torch.Tensor):
+                    continue
+                if name != "step" and value.shape != self.params[index].shape:
+                    raise RunError(f"{where}: optimizer {name!r} of parameter {index} has shape "
+                                   f"{tuple(value.shape)}, the parameter {tuple(self.params[index].shape)}")
+                if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+                    raise RunError(f"{where}: optimizer {name!r} of parameter {index} holds NaN or "
+                                   "infinite values")
+
     def _check_best(self, best: dict, log) -> None:
         """``best.pt`` must be the checkpoint's best epoch. The checkpoint is written first, so a
         process killed between the two writes leaves an older ``best.pt`` of the same data: it is
         rewritten from the checkpoint's copy. Anything else means files of different runs."""
         rd, epoch = self.run_dir, best.get("epoch")
         same_data = best.get("dataset_hash") == self.extra["dataset_hash"]
+        if best and "run_config" in best and "run_config" in self.extra \
+                and not same_identity(best["run_config"], self.extra["run_config"]):
+            raise RunError(f"--resume: {rd.file(rd.BEST)} holds the weights of another model config "
+                           f"than {rd.file(rd.CONFIG)}: the files come from different runs; start "
+                           "again with --overwrite")
         if epoch == self.state.best_epoch and same_data:
-            return
+            weights = best.get("model")
+            if isinstance(weights, dict) and weights.keys() == self.best_weights.keys() and all(
+                    isinstance(weights[k], torch.Tensor) and weights[k].shape == v.shape
+                    and weights[k].dtype == v.dtype and torch.equal(weights[k], v)
+                    for k, v in self.best_weights.items()):
+                return
+            raise RunError(f"--resume: {rd.file(rd.BEST)} holds epoch {epoch}, the checkpoint's best, "
+                           "but not the checkpoint's best weights (the file was altered); start "
+                           "again with --overwrite")
         if same_data and isinstance(epoch, int) and epoch < self.state.best_epoch or not best:
             log(f"{rd.file(rd.BEST)}: behind the checkpoint (epoch {epoch}, checkpoint's best "
                 f"{self.state.best_epoch}; an interrupted write): rewritten from the checkpoint")
@@ -359,8 +405,42 @@ def fit(model: Recommender, dataset: Dataset, cfg: TrainConfig, out_dir: Path | 
 
 def _check_finite(epoch: int, loss: torch.Tensor, terms: dict) -> None:
     if not torch.isfinite(loss):
-        raise TrainingError(f"epoch {epoch}: the loss became {loss.item()} "
-                            f"({ {k: float(v) for k, v in terms.items()} }); lower lr or raise reg")
+        values = {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in terms.items()}
+        raise TrainingError(f"epoch {epoch}: the loss became {loss.item()} ({values}); lower lr or raise reg")
+
+
+def _checked_state(raw, where: str) -> TrainState:
+    """The loop state saved in a checkpoint, each field of its type and range (a hand-edited or
+    corrupt one would otherwise end in a traceback, or silently change the stopping rule)."""
+    if not isinstance(raw, dict):
+        raise RunError(f"{where}: no loop state (expected a 'state' dict)")
+    unknown = sorted(map(str, set(raw) - {f.name for f in dataclasses.fields(TrainState)}))
+    if unknown:
+        raise RunError(f"{where}: unknown loop state field(s) {', '.join(unknown)}")
+    state = TrainState(**raw)
+
+    def count(v, low=0):
+        return isinstance(v, int) and not isinstance(v, bool) and low <= v <= 10**9
+
+    checks = {
+        "epoch": count(state.epoch),
+        "best_epoch": count(state.best_epoch, -1)
+        and (not count(state.epoch) or state.best_epoch <= state.epoch),
+        "best_recall": isinstance(state.best_recall, int | float) and not isinstance(state.best_recall, bool)
+        and (state.best_recall == -math.inf or 0 <= state.best_recall <= 1),
+        "best_valid": isinstance(state.best_valid, dict),
+        "bad_evals": count(state.bad_evals),
+        "stopped_early": isinstance(state.stopped_early, bool),
+        "train_seconds": isinstance(state.train_seconds, int | float)
+        and not isinstance(state.train_seconds, bool) and math.isfinite(state.train_seconds)
+        and state.train_seconds >= 0,
+        "history": isinstance(state.history, list) and all(isinstance(h, dict) for h in state.history),
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    if bad:
+        fields = ", ".join(f"{n}={getattr(state, n)!r:.60}" for n in bad)
+        raise RunError(f"{where}: malformed loop state: {fields}")
+    return state
 
 
 def _fit(model, dataset, cfg, run_dir, resume, extra, log, progress, dist=None, on_evaluate=None,
