@@ -334,6 +334,8 @@ def test_post_item_places_it_as_the_model_would(exported, tmp_path):
     ({"image": "1 2 3", "text": [1.0] * 6}, "modality 'image'"),
     ({"image": [True] + [1.0] * 7, "text": [1.0] * 6}, "modality 'image'"),  # was read as 1.0
     ({"image": [1.0] * 8, "text": [0.0] * 6}, "modality 'text': the feature vector is all zeros"),
+    # finite, but the normalisation overflows float32: placed as zeros before
+    ({"image": [1e25] * 8, "text": [1e25] * 6}, "the placed representation is all zeros"),
     ([1, 2], "features: expected an object"),
 ])
 def test_post_item_rejects_bad_features(exported, tmp_path, features, message):
@@ -460,6 +462,9 @@ def test_default_k_within_max_k(exported):
     r = c.get("/users?limit=100")
     assert r.status_code == 200 and 7 < len(r.json()["users"]) <= 100, r.text
     assert c.get("/users?limit=1001").status_code == 422
+    # the page asks for k within the server's --max-k (from /health), not a fixed 20 and 10
+    page = c.get("/").text
+    assert "Math.min(10, health.max_k)" in page and "$(\"k\").max = health.max_k" in page
 
 
 def _random_artifact(n_users=50, n_items=3000, dim=16, seed=0):

@@ -83,7 +83,8 @@ async function recommend(ev){
 }
 async function similar(item){
   showError("");
-  try { const r = await api("/items/" + encodeURIComponent(item) + "/similar?k=10");
+  const k = Math.min(10, health.max_k);
+  try { const r = await api("/items/" + encodeURIComponent(item) + "/similar?k=" + k);
     $("similar-for").textContent = "to " + item; fill($("similar"), r.items, "score");
   } catch(e) { showError(e.message); }
 }
@@ -158,6 +159,7 @@ function buildModalities(){
 }
 async function loadHealth(){
   health = await api("/health");
+  $("k").max = health.max_k; $("k").value = Math.min(Number($("k").value), health.max_k);
   const rec = health.index["recall@20"];
   const idx = health.index.kind + (rec !== undefined ? " (recall@20 " + rec + ")" : "");
   $("meta").textContent = health.model + " - " + health.users + " users, " + health.items +

@@ -181,6 +181,8 @@ class Recommender:
         rep = np.asarray(rep, np.float32)
         if rep.shape != (self._buf.shape[1],) or not np.isfinite(rep).all():
             raise LatticeRecError(f"fold-in returned a representation of shape {rep.shape}")
+        if not rep.any():  # e.g. features so large that their normalisation overflowed float32
+            raise BadInput("features: the placed representation is all zeros (values too large?)")
         neighbours = [[self.item_ids[j], float(w)] for j, w in nbrs]
         with self._lock:
             if raw in self.item_pos:

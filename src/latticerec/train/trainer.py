@@ -34,6 +34,7 @@ from latticerec.train.rundir import (
     RunDir,
     as_run_dir,
     check_weights,
+    read_run_config,
     run_identity,
     same_identity,
 )
@@ -129,7 +130,9 @@ class _Loop:
         if run_dir is not None:  # what a resume must find unchanged
             self.extra.update(dataset_hash=dataset.content_hash(), train_config=resumable_config(cfg))
             if run_dir.has_config():  # the model (and its config) the weights belong to
-                self.extra["run_config"] = run_identity(run_dir.read_config()["config"])
+                meta = run_dir.read_config()
+                read_run_config(run_dir, meta)  # a malformed config.json: an error naming it
+                self.extra["run_config"] = run_identity(meta["config"])
         self.progress = progress
         self.device = next(itertools.chain(model.parameters(), model.buffers())).device
         self.state = TrainState()
