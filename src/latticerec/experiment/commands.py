@@ -6,19 +6,10 @@ import sys
 from pathlib import Path
 
 from latticerec.errors import LatticeRecError
+from latticerec.serve.commands import int_at_least
 from latticerec.serve.commands import positive_int as _positive
 
-
-def _non_negative(text: str) -> int:
-    import argparse
-
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
+_non_negative = int_at_least(0)
 
 
 def _set_options(groups) -> dict:
