@@ -132,3 +132,18 @@ def _tiny_recbole(tmp_path):
     path = tmp_path / "tiny.inter"
     path.write_text("\n".join(rows) + "\n")
     return path
+
+
+def test_split_refuses_its_input_or_a_used_folder(tmp_path):
+    src = tmp_path / "src"
+    assert main(["data", "synth", "--users", "20", "--items", "50", "--interactions", "200", "--dims",
+                 "image=4", "--out", str(src)]) == 0
+    before = sorted(p.name for p in src.iterdir())
+    with pytest.raises(DataError, match="is or holds the input"):
+        cold_start_split(load_dataset(src), src)
+    assert sorted(p.name for p in src.iterdir()) == before
+    load_dataset(src)  # still one .inter: readable
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "keep.txt").write_text("x")
+    with pytest.raises(DataError, match="already holds files"):
+        cold_start_split(load_dataset(src), tmp_path / "used")

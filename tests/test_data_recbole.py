@@ -126,3 +126,15 @@ def test_nan_and_inf_ratings_or_times_are_malformed_lines(tmp_path):
     assert all("not a finite number" in why for _, why in data.bad.examples)
     assert np.isfinite(data.rating).all() and np.isfinite(data.timestamp).all()
     assert len(data.rating) == len(toy_rows())
+
+
+def test_import_refuses_its_source_or_a_used_folder(tmp_path):
+    src = write_inter(tmp_path / "src", toy_rows())
+    with pytest.raises(DataError, match="is or holds the input"):
+        import_recbole(src.parent, src.parent, progress=False)
+    with pytest.raises(DataError, match="is or holds the input"):
+        import_recbole(src, src.parent, progress=False)
+    assert [p.name for p in src.parent.iterdir()] == ["toy.inter"]
+    import_recbole(src, tmp_path / "out", progress=False)
+    with pytest.raises(DataError, match="already holds files"):
+        import_recbole(src, tmp_path / "out", progress=False)

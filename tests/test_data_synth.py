@@ -59,3 +59,33 @@ def test_parse_dims():
 def test_synth_rejects_bad_sizes(tmp_path):
     with pytest.raises(DataError, match="--items"):
         write_synthetic(tmp_path, n_users=10, n_items=1, n_interactions=10, dims={"image": 4})
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(n_users=3, n_items=3, n_interactions=1000), "--interactions 1000 exceeds"),
+    (dict(n_users=5, n_items=10, n_interactions=30, n_clusters=0), "--clusters"),
+    (dict(n_users=5, n_items=10, n_interactions=30, n_clusters=-3), "--clusters"),
+    (dict(n_users=5, n_items=10, n_interactions=30, seed=-1), "--seed"),
+])
+def test_synth_rejects_bad_options(tmp_path, kwargs, match):
+    with pytest.raises(DataError, match=match):
+        write_synthetic(tmp_path / "o", dims={"image": 4}, **kwargs)
+
+
+def test_synth_refuses_a_dataset_without_valid_or_test_split(tmp_path):
+    # 3 items in 8 clusters: every user draws the same item again and again -> no valid/test item
+    with pytest.raises(DataError, match="too few distinct interactions"):
+        write_synthetic(tmp_path / "o", n_users=3, n_items=3, n_interactions=6, dims={"image": 4})
+    assert not list((tmp_path / "o").iterdir())
+
+
+def test_synth_never_overwrites_a_folder_or_file(tmp_path):
+    kwargs = dict(n_users=20, n_items=30, n_interactions=150, dims={"image": 4})
+    write_synthetic(tmp_path / "a", **kwargs)
+    before = _digest(tmp_path / "a")
+    with pytest.raises(DataError, match="already holds files"):
+        write_synthetic(tmp_path / "a", **{**kwargs, "n_users": 5})
+    assert _digest(tmp_path / "a") == before
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        write_synthetic(tmp_path / "f", **kwargs)

@@ -28,7 +28,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latticerec.data.synthetic import split_per_user
-from latticerec.datasets.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
+from latticerec.datasets.prepare import (
+    BadLines,
+    check_new_folder,
+    dedupe_pairs,
+    dense_ids,
+    k_core,
+    write_mmrec,
+)
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
@@ -216,7 +223,7 @@ def build_amazon(reviews: str | Path, out: str | Path, *, meta: str | Path | Non
                  max_bad: float = 0.01, batch_size: int = 64, progress: bool = True, log=print) -> dict:
     """Build the dataset into ``out`` (see module docstring); returns the build report, also written
     to ``out/build_report.json``. ``text_model=None`` skips text features."""
-    reviews, out = Path(reviews), Path(out)
+    reviews, out = Path(reviews), check_new_folder(out, [reviews, meta, images])
     if name is None:
         m = re.match(r"reviews_(.+?)(_\d+)?\.json", reviews.name)
         name = m.group(1).lower() if m else reviews.name.split(".")[0]

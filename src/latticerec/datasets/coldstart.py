@@ -17,7 +17,7 @@ import numpy as np
 from latticerec.data.cold import COLD_DIR, COLD_FILE, INDUCTIVE_FILE
 from latticerec.data.dataset import SPLITS, Dataset
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping
-from latticerec.datasets.prepare import write_mmrec
+from latticerec.datasets.prepare import check_new_folder, write_mmrec
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_bytes, atomic_write_json
 
@@ -51,6 +51,7 @@ def cold_start_split(dataset: Dataset, out: str | Path, *, seed: int = 0, fracti
     features, the id mappings of its source folder, and ``cold_items.json``. Returns a summary."""
     if rank not in ("cold", "all"):
         raise DataError(f"rank must be 'cold' or 'all', got {rank!r}")
+    check_new_folder(out, [dataset.source])
     pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
     users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
     labels, valid_items, test_items = cold_start_labels(
@@ -122,6 +123,7 @@ def inductive_cold_start_split(dataset: Dataset, out: str | Path, *, seed: int =
     (one row per cold item: the validation items, then the test items), ``cold.inter`` (``userID``
     = the training folder's user index, ``itemID`` = the cold row, ``x_label`` 1 valid / 2 test) and
     ``i_id_mapping.csv`` (raw ids); ``out/inductive.json`` maps every index back to the source."""
+    check_new_folder(out, [dataset.source])
     pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
     users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
     labels, valid_items, test_items = cold_start_labels(

@@ -20,7 +20,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from latticerec.data.synthetic import split_per_user
-from latticerec.datasets.prepare import BadLines, dedupe_pairs, dense_ids, k_core, write_mmrec
+from latticerec.datasets.prepare import (
+    BadLines,
+    check_new_folder,
+    dedupe_pairs,
+    dense_ids,
+    k_core,
+    write_mmrec,
+)
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
@@ -207,6 +214,7 @@ def import_recbole(source: str | Path, out: str | Path, *, name: str | None = No
     ``import_report.json``). ``source`` is a ``.inter`` file or a folder holding one. The ``.item``
     file, when beside it, is copied unchanged so ``encode-text`` can be run on it."""
     source = Path(source)
+    check_new_folder(out, [source])
     if source.is_dir():
         inters = sorted(source.glob("*.inter"))
         if len(inters) != 1:

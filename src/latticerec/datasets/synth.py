@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from latticerec.data.synthetic import split_per_user
-from latticerec.datasets.prepare import atomic_write_chunks, iter_inter_lines
+from latticerec.datasets.prepare import atomic_write_chunks, check_new_folder, iter_inter_lines
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
@@ -88,9 +88,16 @@ def write_synthetic(out: str | Path, n_users: int, n_items: int, n_interactions:
                              ("interactions", n_interactions, 1)):
         if value < low:
             raise DataError(f"--{name} must be >= {low}, got {value}")
+    if n_interactions > n_users * n_items:
+        raise DataError(f"--interactions {n_interactions} exceeds --users x --items = "
+                        f"{n_users * n_items} (each user-item pair occurs at most once)")
+    if n_clusters is not None and not 1 <= n_clusters <= n_items:
+        raise DataError(f"--clusters must lie in [1, --items = {n_items}], got {n_clusters}")
+    if seed < 0:
+        raise DataError(f"--seed must be >= 0, got {seed}")
     if not dims:
         raise DataError("--dims: at least one modality is needed")
-    out = Path(out)
+    out = check_new_folder(out)
     out.mkdir(parents=True, exist_ok=True)
     n_clusters = n_clusters or int(max(8, min(1024, round(np.sqrt(n_items) / 4))))
     rng = np.random.default_rng(seed)
@@ -151,8 +158,18 @@ def write_synthetic(out: str | Path, n_users: int, n_items: int, n_interactions:
             yield from lines
             if log is not None:
                 log(f"users {stop}/{n_users}")
+        if not counts["valid"] or not counts["test"]:
+            raise DataError(
+                f"--users {n_users} --items {n_items} --interactions {n_interactions}: too few distinct "
+                f"interactions per user for a split ({counts['train']}/{counts['valid']}/"
+                f"{counts['test']} train/valid/test); raise --items or --interactions")
 
-    atomic_write_chunks(out / "synth.inter", blocks())
+    try:
+        atomic_write_chunks(out / "synth.inter", blocks())
+    except BaseException:
+        for m in dims:
+            (out / f"{m}_feat.npy").unlink(missing_ok=True)
+        raise
     report = {"users": n_users, "items": n_items, "clusters": n_clusters, "requested_interactions":
               n_interactions, "interactions": sum(counts.values()), "split": counts, "dims": dims,
               "noise": noise, "seed": seed}
