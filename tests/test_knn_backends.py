@@ -128,6 +128,11 @@ def test_invalid_backend_and_parameters_are_config_errors():
             resolve_config("micro", {key: "0"})
     with pytest.raises(ValueError, match="knn_backend 'hnsw'"):
         knn_graph(torch.randn(5, 3), 2, backend="hnsw")
+    with pytest.raises(ValueError, match="knn_hnsw_m must be >= 2"):  # faiss's HNSW with M = 1 segfaults
+        KnnSearch("faiss-hnsw", hnsw_m=1)
+    for bad in ({"hnsw_m": 8.5}, {"hnsw_ef": True}, {"ivf_nlist": 2.5}, {"ivf_nprobe": "4"}):
+        with pytest.raises(ValueError, match=f"knn_{next(iter(bad))} must be an integer"):
+            KnnSearch("faiss-hnsw", **bad)
     for model in ("lattice", "micro", "mmgef"):
         cfg = resolve_config(model, {"knn_backend": "faiss-ivf", "knn_ivf_nprobe": "4"}).model_config
         assert cfg.knn_search() == KnnSearch("faiss-ivf", ivf_nprobe=4)

@@ -1,5 +1,8 @@
 """The kNN graph builders of graphs/knn.py against dense references and hand-computed values."""
 
+import io
+import zipfile
+
 import numpy as np
 import pytest
 import torch
@@ -100,6 +103,9 @@ def test_ties_go_to_the_lower_index_deterministically():
 def test_bad_k_is_a_clear_error():
     with pytest.raises(ValueError, match="knn k=9"):
         knn_graph(torch.randn(5, 3), 9)
+    for k in (2.5, True):  # not silently a float-sized tensor or k=1
+        with pytest.raises(ValueError, match="knn k must be an integer"):
+            knn_graph(torch.randn(5, 3), k)
 
 
 def test_gradients_flow_through_the_graph_values_to_the_features():
@@ -162,6 +168,51 @@ def test_graph_cache_reuses_and_repairs_entries(tmp_path):
     repaired = cache(x, 5)
     assert cache.misses == 2 and torch.equal(repaired.to_dense(), first.to_dense())
     assert not [p for p in (tmp_path / "graphs").iterdir() if p.name.endswith(".tmp")]
+
+
+def _rewrite_entry(path, **change):
+    with np.load(path) as z:
+        arrays = {name: z[name] for name in z.files}
+    arrays.update(change)
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    path.write_bytes(buf.getvalue())
+
+
+def _huge_header_entry(path):
+    """An entry whose ``neighbours.npy`` header claims 10^12 entries (np.load would allocate them)."""
+    with np.load(path) as z:
+        key = z["key"]
+    out, key_npy, header = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.save(key_npy, key)
+    np.lib.format.write_array_header_1_0(header, {"descr": "<i8", "fortran_order": False,
+                                                  "shape": (10**6, 10**6)})
+    with zipfile.ZipFile(out, "w") as zf:
+        zf.writestr("key.npy", key_npy.getvalue())
+        zf.writestr("neighbours.npy", header.getvalue())
+        zf.writestr("values.npy", header.getvalue())
+    path.write_bytes(out.getvalue())
+
+
+@pytest.mark.parametrize("tamper, reason", [
+    # finite as float64, inf as float32
+    (lambda p, a: _rewrite_entry(p, values=a["values"].astype(np.float64) * 1e300), "non-finite"),
+    (lambda p, a: _rewrite_entry(p, values=np.full_like(a["values"], 5.0)), "not the similarities"),
+    (lambda p, a: _rewrite_entry(p, values=-a["values"]), "not the similarities"),
+    (lambda p, a: _rewrite_entry(p, neighbours=np.zeros_like(a["neighbours"])), "repeated"),
+    (lambda p, a: _huge_header_entry(p), "shape"),
+])
+def test_graph_cache_rebuilds_entries_that_pass_the_shape_checks_but_are_wrong(tmp_path, tamper, reason):
+    x = torch.randn(30, 6)
+    cache = KnnGraphCache(tmp_path)
+    first = cache(x, 5)
+    path = cache.path_for(x, 5)
+    with np.load(path) as z:
+        tamper(path, {name: z[name] for name in z.files})
+    with pytest.warns(UserWarning, match=f"{path.name}: corrupt.*{reason}"):
+        repaired = cache(x, 5)
+    assert cache.misses == 2 and torch.equal(repaired.to_dense(), first.to_dense())
+    assert KnnGraphCache(tmp_path)(x, 5).to_dense().equal(first.to_dense())  # the rewritten entry is a hit
 
 
 def test_knn_values_gradient_recomputes_the_gathered_rows_and_equals_autograd_through_them():

@@ -39,7 +39,7 @@ class KnnSearch:
     """A neighbour-search backend with its parameters (option names are ``knn_<field>``).
 
     ``backend``: one of :data:`BACKENDS`; ``auto`` is ``exact`` up to ``auto_items`` items and
-    :data:`AUTO_ANN` above. HNSW: ``hnsw_m`` links per node, ``hnsw_efc`` (efConstruction),
+    :data:`AUTO_ANN` above. HNSW: ``hnsw_m`` links per node (at least 2), ``hnsw_efc`` (efConstruction),
     ``hnsw_ef`` (efSearch, at least ``k`` is used). IVF: ``ivf_nlist`` cells (0: ``4 √N``, at most
     ``N / 39``), ``ivf_nprobe`` cells scanned per query.
     """
@@ -59,9 +59,15 @@ class KnnSearch:
         if self.backend not in BACKENDS:
             raise ValueError(f"knn_backend {self.backend!r} is not available; "
                              f"available: {', '.join(BACKENDS)}")
-        for name in ("auto_items", "hnsw_m", "hnsw_efc", "hnsw_ef", "ivf_nprobe"):
+        for name in ("auto_items", "hnsw_m", "hnsw_efc", "hnsw_ef", "ivf_nlist", "ivf_nprobe"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise ValueError(f"knn_{name} must be an integer, got {value!r}")
+        for name in ("auto_items", "hnsw_efc", "hnsw_ef", "ivf_nprobe"):
             if getattr(self, name) < 1:
                 raise ValueError(f"knn_{name} must be >= 1, got {getattr(self, name)}")
+        if self.hnsw_m < 2:  # faiss's HNSW divides by log(M): M = 1 crashes the process
+            raise ValueError(f"knn_hnsw_m must be >= 2, got {self.hnsw_m}")
         if self.ivf_nlist < 0:
             raise ValueError(f"knn_ivf_nlist must be >= 0 (0: 4 sqrt(N)), got {self.ivf_nlist}")
 

@@ -7,8 +7,10 @@ had), so it is computed once and reused by every later run. Files are
 written atomically, so an interrupted run never leaves a half-written graph behind.
 
 A cache folder may be shared or tampered with, so an entry is trusted only after checks: its stored
-key equals the requested one, ``neighbours`` is an ``(N, k)`` integer array with ``0 <= j < N``,
-``values`` an ``(N, k)`` finite float array. A corrupt, truncated or mismatched entry is rebuilt
+key equals the requested one, the arrays' headers give the expected shapes before any is read,
+``neighbours`` is an ``(N, k)`` integer array with ``0 <= j < N`` strictly ascending in each row,
+``values`` an ``(N, k)`` array finite as float32 and equal (to a tolerance) to the similarities of
+those pairs recomputed from the features (``O(N k d)``). A corrupt, truncated or mismatched entry is rebuilt
 (and overwritten) with a warning. Temporary files of killed writes older than an hour are removed.
 """
 
@@ -25,7 +27,7 @@ import numpy as np
 import torch
 
 from latticerec.graphs.ann import as_search
-from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows
+from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, knn_values, symmetric_normalize
 from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
 
 CACHE_VERSION = "knn-v1"  # bump when the graph construction changes
@@ -55,9 +57,33 @@ class CacheEntryError(ValueError):
     """A cache entry failed a check (the message says which)."""
 
 
+KEY_CHARS = 64  # a stored key is a short hex digest; a longer one is refused before it is read
+_HEADER_READERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+
+
+def _check_headers(path: Path, n: int, k: int) -> None:
+    """Check the ``.npy`` headers of the three arrays (shape, dtype) *before* any array is read: a
+    header claiming a huge shape would otherwise make ``np.load`` allocate it."""
+    with zipfile.ZipFile(path) as zf:
+        for name in ("key", "neighbours", "values"):
+            with zf.open(f"{name}.npy") as fh:
+                version = np.lib.format.read_magic(fh)
+                if version not in _HEADER_READERS:
+                    raise CacheEntryError(f"{name}: unsupported .npy format version {version}")
+                shape, _, dtype = _HEADER_READERS[version](fh)
+            if name == "key":
+                if shape != () or dtype.kind != "U" or dtype.itemsize > 4 * KEY_CHARS:
+                    raise CacheEntryError(f"key: a {dtype} array of shape {shape}, expected a short string")
+            elif shape != (n, k):
+                raise CacheEntryError(f"{name}: shape {shape}, expected ({n}, {k})")
+
+
 def read_entry(path: Path, key: str, n: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """``(neighbours int64, values float32)`` of a cache entry, or :class:`CacheEntryError`."""
+    if not path.is_file():  # a folder, a FIFO (whose read would block) or a device
+        raise CacheEntryError("not a regular file")
     try:
+        _check_headers(path, n, k)
         z = np.load(path, allow_pickle=False)
         if not isinstance(z, np.lib.npyio.NpzFile):
             raise CacheEntryError("not a .npz archive")
@@ -66,6 +92,8 @@ def read_entry(path: Path, key: str, n: int, k: int) -> tuple[np.ndarray, np.nda
     except KeyError as exc:
         raise CacheEntryError(f"missing array {exc}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        if isinstance(exc, CacheEntryError):
+            raise
         raise CacheEntryError(f"unreadable ({type(exc).__name__}: {exc})") from None
     if arrays["key"].shape != () or str(arrays["key"]) != key:
         raise CacheEntryError("its stored key differs from the file name's features and k")
@@ -76,9 +104,24 @@ def read_entry(path: Path, key: str, n: int, k: int) -> tuple[np.ndarray, np.nda
         raise CacheEntryError(f"dtypes {nbr.dtype} and {val.dtype}, expected integer and float")
     if nbr.size and (nbr.min() < 0 or nbr.max() >= n):
         raise CacheEntryError(f"neighbour indices outside [0, {n})")
+    if k > 1 and not (np.diff(nbr, axis=1) > 0).all():
+        raise CacheEntryError("a row's neighbours are repeated or not ascending")
+    with np.errstate(over="ignore"):
+        val = val.astype(np.float32)  # checked after the cast: a finite float64 may overflow float32
     if not np.isfinite(val).all():
         raise CacheEntryError("non-finite values")
-    return nbr.astype(np.int64), val.astype(np.float32)
+    return nbr.astype(np.int64), val
+
+
+def check_values(features: torch.Tensor, nbr: np.ndarray, val: np.ndarray, relu: bool = True) -> None:
+    """:class:`CacheEntryError` unless ``val`` are the eq. 1-3 values of the pairs ``nbr`` of
+    ``features`` (recomputed in ``O(N k d)``, far below the search's ``O(N² d)``; a tolerance allows
+    for an entry built on another device)."""
+    with torch.no_grad():
+        nbr_t = torch.from_numpy(nbr).to(features.device)
+        want = symmetric_normalize(nbr_t, knn_values(features, nbr_t, relu=relu)).cpu().numpy()
+    if not np.allclose(val, want, rtol=1e-4, atol=1e-5):
+        raise CacheEntryError("its values are not the similarities of its neighbours")
 
 
 class KnnGraphCache:
@@ -112,6 +155,7 @@ class KnnGraphCache:
         if path.exists():
             try:
                 nbr, val = read_entry(path, key, features.shape[0], k)
+                check_values(features, nbr, val, as_search(backend).relu)
             except CacheEntryError as exc:
                 warnings.warn(f"{path}: corrupt kNN graph cache entry ({exc}); rebuilding it",
                               stacklevel=2)

@@ -30,6 +30,7 @@ fill with ``k`` results are searched exactly.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
@@ -135,6 +136,8 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     """
     search = as_search(backend)
     n = features.shape[0]
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+        raise ValueError(f"knn k must be an integer, got {k!r}")
     if not 1 <= k <= n:
         raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
     x = F.normalize(features.detach().float(), dim=1)
