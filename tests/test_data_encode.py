@@ -71,6 +71,33 @@ def test_unknown_model_is_a_clear_error(tmp_path):
         encode_texts(["a"], str(tmp_path / "no-such-model"), progress=False)
 
 
+def test_encode_text_refuses_to_overwrite_and_checks_its_options(tmp_path, capsys, monkeypatch):
+    import latticerec.datasets.encode as encode
+
+    calls = []
+
+    def fake_encode(texts, *a, **k):  # the options are checked before the (slow) model runs
+        calls.append(len(texts))
+        return np.ones((len(texts), 4), dtype=np.float32)
+
+    monkeypatch.setattr(encode, "encode_texts", fake_encode)
+    items = tmp_path / "x.item"
+    items.write_text("item_id:token\ttitle:token_seq\n1\ta\n2\tb\n")
+    out = tmp_path / "ds"
+    out.mkdir()
+    (out / "text_feat.npy").write_bytes(b"old")
+    assert main(["data", "encode-text", str(items), "--out", str(out), "--quiet"]) == 2
+    assert "text_feat.npy: the file exists; refusing to overwrite it" in capsys.readouterr().err
+    assert (out / "text_feat.npy").read_bytes() == b"old" and calls == []
+    assert main(["data", "encode-text", str(items), "--out", str(out), "--modality", "../x", "--quiet"]) == 2
+    assert "--modality '../x'" in capsys.readouterr().err and not (tmp_path / "x_feat.npy").exists()
+    assert main(["data", "encode-text", str(items), "--out", str(out), "--mapping", str(out / "nope.csv"),
+                 "--overwrite", "--quiet"]) == 2
+    assert "no such id mapping" in capsys.readouterr().err and calls == []
+    assert main(["data", "encode-text", str(items), "--out", str(out), "--overwrite", "--quiet"]) == 0
+    assert np.load(out / "text_feat.npy").shape == (2, 4) and calls == [2]
+
+
 def test_encode_ml100k_offline_aligned_and_trainable(tmp_path, monkeypatch):
     _need_model()
     src = shared_dataset("ml-100k")

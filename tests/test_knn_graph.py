@@ -108,6 +108,18 @@ def test_bad_k_is_a_clear_error():
             knn_graph(torch.randn(5, 3), k)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_features_are_a_clear_error(bad):
+    x = torch.randn(6, 3)
+    x[4, 1] = bad  # without the check a NaN row's cosines are NaN and the top-k is arbitrary
+    for backend in ("exact", "faiss-flat"):
+        with pytest.raises(ValueError, match=r"NaN or infinite values in 1 of 6 rows \(first: row 4\)"):
+            knn_graph(x, 2, backend=backend)
+    x.requires_grad_(True)  # the learned graphs pass features with gradients
+    with pytest.raises(ValueError, match="first: row 4"):
+        knn_graph(x, 2)
+
+
 def test_gradients_flow_through_the_graph_values_to_the_features():
     feats = torch.randn(20, 4, requires_grad=True)
     g = knn_graph(feats, 5)

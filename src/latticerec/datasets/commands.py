@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -48,15 +49,22 @@ def cmd_encode_text(args) -> int:
     table = read_item_table(args.items, args.fields, args.id_field)
     out = Path(args.out)
     if out.suffix != ".npy":
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", args.modality):
+            raise DataError(f"--modality {args.modality!r}: a feature name of letters, digits, '_' or '-' "
+                            "(it names the file <modality>_feat.npy)")
         out = out / f"{args.modality}_feat.npy"
+    if out.exists() and not args.overwrite:
+        raise DataError(f"--out {out}: the file exists; refusing to overwrite it (--overwrite replaces it)")
+    if out.exists() and not out.is_file():
+        raise DataError(f"--out {out}: not a regular file")
     mapping = Path(args.mapping) if args.mapping else out.parent / I_MAPPING
+    if args.mapping and not mapping.is_file():
+        raise DataError(f"{mapping}: no such id mapping")
     feats = encode_texts(table.texts, args.model, args.batch_size, progress=not args.quiet)
     note = "rows in item-table order"
     if mapping.is_file():
         feats, missing = align_to_mapping(table, read_mapping(mapping), feats, str(mapping))
         note = f"rows aligned to {mapping} ({missing} items without text got the mean vector)"
-    elif args.mapping:
-        raise DataError(f"{mapping}: no such id mapping")
     save_npy(out, feats.astype(np.float32))
     print(f"encoded {len(table.ids)} items (fields: {', '.join(table.fields)}) with {args.model}: "
           f"{feats.shape[0]} x {feats.shape[1]} in {time.perf_counter() - t:.1f} s, {note} -> {out}")
@@ -178,6 +186,7 @@ def add_data_parser(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--modality", default="text", help="feature name when --out is a folder")
     e.add_argument("--model", default="all-MiniLM-L6-v2", help="model name or local folder")
     e.add_argument("--batch-size", type=int, default=64)
+    e.add_argument("--overwrite", action="store_true", help="replace an existing feature file")
     e.add_argument("--quiet", action="store_true")
     e.set_defaults(func=cmd_encode_text)
 

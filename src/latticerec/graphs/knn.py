@@ -224,6 +224,11 @@ def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, norm
     search = as_search(backend)
     if features.ndim != 2:
         raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
+    finite = torch.isfinite(features.detach()).all(dim=1)
+    if not bool(finite.all()):
+        bad = (~finite).nonzero().flatten()
+        raise ValueError(f"features hold NaN or infinite values in {bad.numel()} of {features.shape[0]} rows "
+                         f"(first: row {int(bad[0])}); a kNN graph of them would be meaningless")
     neighbours = knn_indices(features, k, chunk_size, progress, search)
     values = knn_values(features, neighbours, relu=search.relu)
     return neighbours, symmetric_normalize(neighbours, values) if normalize else values
