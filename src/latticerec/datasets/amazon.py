@@ -34,6 +34,7 @@ from latticerec.datasets.prepare import (
     dedupe_pairs,
     dense_ids,
     k_core,
+    staged_folder,
     write_mmrec,
 )
 from latticerec.errors import DataError
@@ -276,8 +277,9 @@ def build_amazon(reviews: str | Path, out: str | Path, *, meta: str | Path | Non
             report["text_model"] = text_model
             if (~has).any():
                 log(f"{int((~has).sum())} of {n_items} items have no text: they get the mean vector")
-    write_mmrec(out, name, users, items, labels, features=features, user_raw=user_raw,
-                item_raw=item_raw, raw_names=("reviewerID", "asin"),
-                extra={"rating": rating[idx], "timestamp": stamp[idx]})
-    atomic_write_json(out / "build_report.json", report)
+    with staged_folder(out, [reviews, meta, images]) as tmp:
+        write_mmrec(tmp, name, users, items, labels, features=features, user_raw=user_raw,
+                    item_raw=item_raw, raw_names=("reviewerID", "asin"),
+                    extra={"rating": rating[idx], "timestamp": stamp[idx]})
+        atomic_write_json(tmp / "build_report.json", report)
     return report

@@ -17,7 +17,7 @@ import numpy as np
 from latticerec.data.cold import COLD_DIR, COLD_FILE, INDUCTIVE_FILE
 from latticerec.data.dataset import SPLITS, Dataset
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping
-from latticerec.datasets.prepare import check_new_folder, write_mmrec
+from latticerec.datasets.prepare import check_new_folder, staged_folder, write_mmrec
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_bytes, atomic_write_json
 
@@ -58,19 +58,19 @@ def cold_start_split(dataset: Dataset, out: str | Path, *, seed: int = 0, fracti
         users, items, dataset.n_items, np.random.default_rng(seed), fraction)
     out = Path(out)
     name = name or f"{dataset.name}-cold"
-    write_mmrec(out, name, users, items, labels, features=dataset.features)
-    if dataset.source:
-        for mapping in (U_MAPPING, I_MAPPING):
-            src = Path(dataset.source) / mapping
-            if src.is_file() and src.resolve() != (out / mapping).resolve():
-                atomic_write_bytes(out / mapping, src.read_bytes())
-    for f in sorted(Path(dataset.source).glob("item_knn*.npz")) if dataset.source else []:
-        if f.resolve() != (out / f.name).resolve():
-            atomic_write_bytes(out / f.name, f.read_bytes())
     summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
                "rank": rank, "n_items": dataset.n_items,
                "valid": valid_items.tolist(), "test": test_items.tolist()}
-    atomic_write_json(out / COLD_FILE, summary)
+    with staged_folder(out, [dataset.source]) as tmp:
+        write_mmrec(tmp, name, users, items, labels, features=dataset.features)
+        if dataset.source:
+            for mapping in (U_MAPPING, I_MAPPING):
+                src = Path(dataset.source) / mapping
+                if src.is_file():
+                    atomic_write_bytes(tmp / mapping, src.read_bytes())
+        for f in sorted(Path(dataset.source).glob("item_knn*.npz")) if dataset.source else []:
+            atomic_write_bytes(tmp / f.name, f.read_bytes())
+        atomic_write_json(tmp / COLD_FILE, summary)
     counts = {s: int((labels == k).sum()) for k, s in enumerate(SPLITS)}
     return {"out": str(out), "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
             **{f"{s}_interactions": c for s, c in counts.items()}}
@@ -141,13 +141,7 @@ def inductive_cold_start_split(dataset: Dataset, out: str | Path, *, seed: int =
     warm_labels = warm_holdout(wu, np.random.default_rng([seed, 1]), holdout)
     out = Path(out)
     name = name or f"{dataset.name}-inductive"
-    write_mmrec(out, name, wu, wi, warm_labels, features={m: f[warm] for m, f in dataset.features.items()},
-                user_raw=_raw_ids(dataset, U_MAPPING, kept_users),
-                item_raw=_raw_ids(dataset, I_MAPPING, warm), raw_names=("user_id", "item_id"))
     on_cold = ~is_warm & (user_index[users] >= 0)
-    write_mmrec(out / COLD_DIR, "cold", user_index[users[on_cold]], item_index[items[on_cold]],
-                labels[on_cold], features={m: f[cold] for m, f in dataset.features.items()},
-                item_raw=_raw_ids(dataset, I_MAPPING, cold), raw_names=("user_id", "item_id"))
     summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
                "holdout": holdout, "n_users": int(kept_users.size), "n_items": int(warm.size),
                "cold_valid": int(valid_items.size), "cold_test": int(test_items.size),
@@ -156,7 +150,15 @@ def inductive_cold_start_split(dataset: Dataset, out: str | Path, *, seed: int =
                "dropped_users": int(dataset.n_users - kept_users.size),
                "dropped_cold_interactions": int((~is_warm).sum() - on_cold.sum()),
                "item_graphs_dropped": sorted(dataset.item_graphs)}
-    atomic_write_json(out / INDUCTIVE_FILE, summary)
+    with staged_folder(out, [dataset.source]) as tmp:
+        write_mmrec(tmp, name, wu, wi, warm_labels,
+                    features={m: f[warm] for m, f in dataset.features.items()},
+                    user_raw=_raw_ids(dataset, U_MAPPING, kept_users),
+                    item_raw=_raw_ids(dataset, I_MAPPING, warm), raw_names=("user_id", "item_id"))
+        write_mmrec(tmp / COLD_DIR, "cold", user_index[users[on_cold]], item_index[items[on_cold]],
+                    labels[on_cold], features={m: f[cold] for m, f in dataset.features.items()},
+                    item_raw=_raw_ids(dataset, I_MAPPING, cold), raw_names=("user_id", "item_id"))
+        atomic_write_json(tmp / INDUCTIVE_FILE, summary)
     return {"out": str(out), "users": summary["n_users"], "warm_items": summary["n_items"],
             "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
             **{f"{s}_interactions": int((warm_labels == k).sum()) for k, s in enumerate(SPLITS)},

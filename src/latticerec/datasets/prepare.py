@@ -10,8 +10,12 @@ format of MMRec's released mappings).
 from __future__ import annotations
 
 import io
+import os
+import secrets
+import shutil
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import numpy as np
 
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping  # noqa: F401 (re-exported)
 from latticerec.errors import DataError
-from latticerec.io import _atomic, atomic_write_bytes
+from latticerec.io import _atomic, atomic_write_bytes, output_error
 
 
 @dataclass
@@ -174,6 +178,35 @@ def check_new_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) 
         raise DataError(f"--out {out}: folder already holds files; refusing to overwrite them "
                         "(choose a new or empty folder)")
     return out
+
+
+@contextmanager
+def staged_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
+    """Build a new dataset folder all at once: checks ``out`` (:func:`check_new_folder`), yields a
+    hidden folder beside it (``.<name>.<random>.partial``) to write into, and renames it to ``out``
+    when the block ends (``out`` checked again: still missing or empty). On any error the partial
+    folder is removed, so ``out`` never holds a half-written dataset and nothing is left behind."""
+    inputs = list(inputs)
+    out = check_new_folder(out, inputs)
+    if not out.resolve().name:
+        raise DataError(f"--out {out}: name a dataset folder")
+    parent = out.resolve().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        tmp = parent / f".{out.resolve().name}.{secrets.token_hex(4)}.partial"
+        tmp.mkdir()
+    except OSError as exc:
+        raise output_error(out, exc) from None
+    try:
+        yield tmp
+        check_new_folder(out, inputs)
+        try:
+            os.replace(tmp, out)  # onto a missing or empty folder: one rename
+        except OSError as exc:
+            raise output_error(out, exc, "cannot move the finished dataset into") from None
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -26,6 +26,7 @@ from latticerec.datasets.prepare import (
     dedupe_pairs,
     dense_ids,
     k_core,
+    staged_folder,
     write_mmrec,
 )
 from latticerec.errors import DataError
@@ -245,13 +246,6 @@ def import_recbole(source: str | Path, out: str | Path, *, name: str | None = No
         extra["rating"] = data.rating[idx]
     if data.timestamp is not None:
         extra["timestamp"] = data.timestamp[idx]
-    write_mmrec(out, name, users, items, labels, user_raw=user_raw, item_raw=item_raw,
-                raw_names=("user_id", "item_id"), extra=extra)
-    item_file = source.with_suffix(".item")
-    if item_file.is_file():
-        from latticerec.io import atomic_write_bytes
-
-        atomic_write_bytes(out / f"{name}.item", item_file.read_bytes())
     report = {
         "source": str(source), "out": str(out), "seed": seed, "core": core, "min_rating": min_rating,
         "rows_read": n_read, "duplicates_dropped": n_dupes, "malformed": data.bad.to_dict(),
@@ -259,5 +253,13 @@ def import_recbole(source: str | Path, out: str | Path, *, name: str | None = No
         "train": int((labels == 0).sum()), "valid": int((labels == 1).sum()),
         "test": int((labels == 2).sum()),
     }
-    atomic_write_json(out / "import_report.json", report)
+    with staged_folder(out, [source]) as tmp:
+        write_mmrec(tmp, name, users, items, labels, user_raw=user_raw, item_raw=item_raw,
+                    raw_names=("user_id", "item_id"), extra=extra)
+        item_file = source.with_suffix(".item")
+        if item_file.is_file():
+            from latticerec.io import atomic_write_bytes
+
+            atomic_write_bytes(tmp / f"{name}.item", item_file.read_bytes())
+        atomic_write_json(tmp / "import_report.json", report)
     return report

@@ -19,14 +19,12 @@ streamed as text. Every file is written to a temporary name and renamed when com
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from latticerec.data.synthetic import split_per_user
-from latticerec.datasets.prepare import atomic_write_chunks, check_new_folder, iter_inter_lines
+from latticerec.datasets.prepare import atomic_write_chunks, iter_inter_lines, staged_folder
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
@@ -97,25 +95,19 @@ def write_synthetic(out: str | Path, n_users: int, n_items: int, n_interactions:
         raise DataError(f"--seed must be >= 0, got {seed}")
     if not dims:
         raise DataError("--dims: at least one modality is needed")
-    out = check_new_folder(out)
-    out.mkdir(parents=True, exist_ok=True)
-    n_clusters = n_clusters or int(max(8, min(1024, round(np.sqrt(n_items) / 4))))
-    rng = np.random.default_rng(seed)
-    centroids = rng.standard_normal((n_clusters, LATENT_DIM))
-    item_cluster = rng.integers(0, n_clusters, size=n_items)
-    popularity = rng.pareto(2.0, size=n_items) + 1.0
-    projections = {m: rng.standard_normal((LATENT_DIM, d)) / np.sqrt(LATENT_DIM) for m, d in dims.items()}
+    with staged_folder(out) as out:  # the dataset appears all at once, or not at all
+        n_clusters = n_clusters or int(max(8, min(1024, round(np.sqrt(n_items) / 4))))
+        rng = np.random.default_rng(seed)
+        centroids = rng.standard_normal((n_clusters, LATENT_DIM))
+        item_cluster = rng.integers(0, n_clusters, size=n_items)
+        popularity = rng.pareto(2.0, size=n_items) + 1.0
+        projections = {m: rng.standard_normal((LATENT_DIM, d)) / np.sqrt(LATENT_DIM)
+                       for m, d in dims.items()}
 
-    # features: one memory-mapped .npy per modality, filled block by block, renamed when complete
-    feat_rng = np.random.default_rng([seed, 1])
-    tmp_paths = {}
-    maps = {}
-    for m, d in dims.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{m}_feat.npy.", suffix=".tmp", dir=out)
-        os.close(fd)
-        tmp_paths[m] = Path(tmp)
-        maps[m] = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(n_items, d))
-    try:
+        # features: one memory-mapped .npy per modality, filled block by block
+        feat_rng = np.random.default_rng([seed, 1])
+        maps = {m: np.lib.format.open_memmap(out / f"{m}_feat.npy", mode="w+", dtype=np.float32,
+                                             shape=(n_items, d)) for m, d in dims.items()}
         for start in range(0, n_items, block_items):
             stop = min(n_items, start + block_items)
             latent = centroids[item_cluster[start:stop]] + 0.3 * feat_rng.standard_normal(
@@ -126,52 +118,42 @@ def write_synthetic(out: str | Path, n_users: int, n_items: int, n_interactions:
         for m in dims:
             maps[m].flush()
             del maps[m]
-            os.replace(tmp_paths[m], out / f"{m}_feat.npy")
-    except BaseException:
-        for p in tmp_paths.values():
-            p.unlink(missing_ok=True)
-        raise
 
-    draw_item = _cluster_sampler(item_cluster, popularity, n_clusters)
-    mean = n_interactions / n_users
-    counts = {"train": 0, "valid": 0, "test": 0}
+        draw_item = _cluster_sampler(item_cluster, popularity, n_clusters)
+        mean = n_interactions / n_users
+        counts = {"train": 0, "valid": 0, "test": 0}
 
-    def blocks():
-        user_rng = np.random.default_rng([seed, 2])
-        first = True
-        for start in range(0, n_users, block_users):
-            stop = min(n_users, start + block_users)
-            pref = user_rng.dirichlet(np.full(n_clusters, 0.15), size=stop - start)
-            n_u = np.clip(user_rng.poisson(mean, size=stop - start), 3, n_items)
-            rows = np.repeat(np.arange(stop - start), n_u)
-            items = draw_item(_draw_categorical(pref, rows, user_rng), user_rng)
-            key = np.unique((rows + start).astype(np.int64) * n_items + items)
-            users, items = key // n_items, key % n_items
-            labels = split_per_user(users, items, user_rng)
-            for name, lab in (("train", 0), ("valid", 1), ("test", 2)):
-                counts[name] += int((labels == lab).sum())
-            lines = iter_inter_lines(users, items, labels)
-            header = next(lines)
-            if first:
-                yield header
-                first = False
-            yield from lines
-            if log is not None:
-                log(f"users {stop}/{n_users}")
-        if not counts["valid"] or not counts["test"]:
-            raise DataError(
-                f"--users {n_users} --items {n_items} --interactions {n_interactions}: too few distinct "
-                f"interactions per user for a split ({counts['train']}/{counts['valid']}/"
-                f"{counts['test']} train/valid/test); raise --items or --interactions")
+        def blocks():
+            user_rng = np.random.default_rng([seed, 2])
+            first = True
+            for start in range(0, n_users, block_users):
+                stop = min(n_users, start + block_users)
+                pref = user_rng.dirichlet(np.full(n_clusters, 0.15), size=stop - start)
+                n_u = np.clip(user_rng.poisson(mean, size=stop - start), 3, n_items)
+                rows = np.repeat(np.arange(stop - start), n_u)
+                items = draw_item(_draw_categorical(pref, rows, user_rng), user_rng)
+                key = np.unique((rows + start).astype(np.int64) * n_items + items)
+                users, items = key // n_items, key % n_items
+                labels = split_per_user(users, items, user_rng)
+                for name, lab in (("train", 0), ("valid", 1), ("test", 2)):
+                    counts[name] += int((labels == lab).sum())
+                lines = iter_inter_lines(users, items, labels)
+                header = next(lines)
+                if first:
+                    yield header
+                    first = False
+                yield from lines
+                if log is not None:
+                    log(f"users {stop}/{n_users}")
+            if not counts["valid"] or not counts["test"]:
+                raise DataError(
+                    f"--users {n_users} --items {n_items} --interactions {n_interactions}: too few distinct "
+                    f"interactions per user for a split ({counts['train']}/{counts['valid']}/"
+                    f"{counts['test']} train/valid/test); raise --items or --interactions")
 
-    try:
         atomic_write_chunks(out / "synth.inter", blocks())
-    except BaseException:
-        for m in dims:
-            (out / f"{m}_feat.npy").unlink(missing_ok=True)
-        raise
-    report = {"users": n_users, "items": n_items, "clusters": n_clusters, "requested_interactions":
-              n_interactions, "interactions": sum(counts.values()), "split": counts, "dims": dims,
-              "noise": noise, "seed": seed}
-    atomic_write_json(out / "synth_report.json", report)
+        report = {"users": n_users, "items": n_items, "clusters": n_clusters, "requested_interactions":
+                  n_interactions, "interactions": sum(counts.values()), "split": counts, "dims": dims,
+                  "noise": noise, "seed": seed}
+        atomic_write_json(out / "synth_report.json", report)
     return report
