@@ -94,6 +94,17 @@ def test_encode_text_refuses_to_overwrite_and_checks_its_options(tmp_path, capsy
     assert main(["data", "encode-text", str(items), "--out", str(out), "--mapping", str(out / "nope.csv"),
                  "--overwrite", "--quiet"]) == 2
     assert "no such id mapping" in capsys.readouterr().err and calls == []
+    (tmp_path / "afile").write_text("x")
+    for bad, says in ((tmp_path / "afile", "afile is a file, not a folder"),
+                      (tmp_path / "afile" / "sub", "afile is a file, not a folder"),
+                      (out, None)):
+        if says is None:  # a folder named like a .npy
+            bad = out / "d.npy"
+            bad.mkdir()
+            says = "d.npy: not a regular file"
+        assert main(["data", "encode-text", str(items), "--out", str(bad), "--overwrite", "--quiet"]) == 2
+        assert says in capsys.readouterr().err and calls == []
+    bad.rmdir()
     assert main(["data", "encode-text", str(items), "--out", str(out), "--overwrite", "--quiet"]) == 0
     assert np.load(out / "text_feat.npy").shape == (2, 4) and calls == [2]
 

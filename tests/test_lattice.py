@@ -191,3 +191,15 @@ def test_cli_trains_lattice_with_a_backbone_and_caches_graphs(tmp_path, capsys):
     assert main(["train", "--model", "lightgcn", "--backbone", "mf", "--epochs", "1",
                  "--out", str(tmp_path / "x")]) == 2
     assert "does not wrap a backbone" in capsys.readouterr().err
+
+
+def test_a_diverged_learned_graph_is_a_training_error_with_the_hint(tmp_path, capsys):
+    # lr 1e38 sends the projections to inf: the learned graph's rebuild is the first to see it, and
+    # must say "diverged, lower lr" like the loss check, not blame the features
+    args = ["train", "--model", "lattice", "--data", "synthetic", "--epochs", "4",
+            "--out", str(tmp_path / "r"), "--quiet", "--cache-dir", str(tmp_path / "c"),
+            "--set", "lr=1e38", "batch_size=100000"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "the projections of the learned graph (eq. 4) became NaN or infinite; lower lr" in err
+    assert "epoch " in err and "Traceback" not in err

@@ -5,7 +5,10 @@ input), and nothing is left beside it."""
 from __future__ import annotations
 
 import os
+import signal
 import stat
+import subprocess
+import sys
 
 import pytest
 from test_data_amazon import write_raw
@@ -72,18 +75,76 @@ def _umask() -> int:
     return mask
 
 
-def test_an_empty_target_folder_is_replaced_and_a_filled_one_refused(tmp_path):
+def test_an_existing_empty_folder_is_kept_with_its_mode_and_filled_at_the_end(tmp_path, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
+    empty.chmod(0o2750)
+    inode = empty.stat().st_ino
     with staged_folder(empty) as tmp:
         (tmp / "a.txt").write_text("a")
+        assert tmp.parent == empty and tmp.name.startswith(".dataset.")
         assert not (empty / "a.txt").exists()  # nothing visible before the end
-    assert (empty / "a.txt").read_text() == "a"
-    raced = tmp_path / "raced"
-    with pytest.raises(DataError, match="already holds files"):
-        with staged_folder(raced) as tmp:
-            (tmp / "a.txt").write_text("mine")
-            raced.mkdir()
-            (raced / "b.txt").write_text("someone else's")  # appeared during the build
-    assert [p.name for p in raced.iterdir()] == ["b.txt"]
+    assert [p.name for p in empty.iterdir()] == ["a.txt"]
+    assert empty.stat().st_ino == inode and stat.S_IMODE(empty.stat().st_mode) == 0o2750
+    # "." (the working directory, which cannot be renamed over) and a symlink to an empty folder
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    with staged_folder(".") as tmp:
+        (tmp / "b.txt").write_text("b")
+    assert [p.name for p in here.iterdir()] == ["b.txt"]
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    with staged_folder(tmp_path / "link") as tmp:
+        (tmp / "c.txt").write_text("c")
+    assert (tmp_path / "link").is_symlink() and [p.name for p in target.iterdir()] == ["c.txt"]
+    (tmp_path / "dangling").symlink_to(tmp_path / "nowhere" / "ds")
+    with pytest.raises(DataError, match="a symbolic link to nothing"):
+        with staged_folder(tmp_path / "dangling"):
+            pass
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_files_appearing_during_the_build_are_never_overwritten(tmp_path):
+    for out, make in ((tmp_path / "raced", lambda p: p.mkdir()), (tmp_path / "empty", None)):
+        if make is None:
+            out.mkdir()
+        with pytest.raises(DataError, match="already holds files|appeared there during the build"):
+            with staged_folder(out) as tmp:
+                (tmp / "a.txt").write_text("mine")
+                out.mkdir(exist_ok=True)
+                (out / "b.txt").write_text("someone else's")
+        assert [p.name for p in out.iterdir()] == ["b.txt"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "raced"]
+
+
+def test_a_failure_removes_the_parents_it_created_and_long_names_fit(tmp_path):
+    with pytest.raises(RuntimeError):
+        with staged_folder(tmp_path / "a" / "b" / "ds"):
+            raise RuntimeError("late")
+    assert list(tmp_path.iterdir()) == []
+    long = tmp_path / ("n" * 250)  # a valid name; the partial folder beside it must fit too
+    with staged_folder(long) as tmp:
+        (tmp / "x").write_text("x")
+    assert (long / "x").exists()
+
+
+def test_sigterm_cleans_up_and_a_killed_builds_partial_folder_is_removed_next_time(tmp_path):
+    with pytest.raises(SystemExit) as stop:
+        with staged_folder(tmp_path / "ds") as tmp:
+            (tmp / "x").write_text("x")
+            os.kill(os.getpid(), signal.SIGTERM)
+    assert stop.value.code == 143 and list(tmp_path.iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+    # SIGKILL cannot be caught: its partial folder (a pid that no longer runs) goes with the next build
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".ds.{dead.pid}-0123abcd.partial"
+    stale.mkdir()
+    (stale / "junk").write_text("x")
+    live = tmp_path / f".ds.{os.getpid()}-0123abcd.partial"  # a build in progress keeps its folder
+    live.mkdir()
+    with staged_folder(tmp_path / "ds") as tmp:
+        (tmp / "x").write_text("x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "ds"]

@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 from latticerec.data.synthetic import split_per_user
 from latticerec.datasets.prepare import (
     BadLines,
-    check_new_folder,
     dedupe_pairs,
     dense_ids,
     k_core,
@@ -224,62 +223,62 @@ def build_amazon(reviews: str | Path, out: str | Path, *, meta: str | Path | Non
                  max_bad: float = 0.01, batch_size: int = 64, progress: bool = True, log=print) -> dict:
     """Build the dataset into ``out`` (see module docstring); returns the build report, also written
     to ``out/build_report.json``. ``text_model=None`` skips text features."""
-    reviews, out = Path(reviews), check_new_folder(out, [reviews, meta, images])
-    if name is None:
-        m = re.match(r"reviews_(.+?)(_\d+)?\.json", reviews.name)
-        name = m.group(1).lower() if m else reviews.name.split(".")[0]
-    ucode, icode, uraw, iraw, rating, stamp, bad = read_reviews(reviews, max_bad, progress)
-    bad.check(log)
-    idx = dedupe_pairs(ucode, icode)
-    n_dupes = len(ucode) - len(idx)
-    idx = idx[k_core(ucode[idx], icode[idx], core)]
-    if not len(idx):
-        raise DataError(f"{reviews}: no interactions left after the {core}-core filter")
-    users, user_raw = dense_ids(ucode[idx], uraw)
-    items, item_raw = dense_ids(icode[idx], iraw)
-    n_items = len(item_raw)
-    labels = split_per_user(users, items, np.random.default_rng(seed))
-    report: dict = {"name": name, "core": core, "seed": seed, "reviews": bad.to_dict(),
-                    "duplicates_dropped": n_dupes, "users": len(user_raw), "items": n_items,
-                    "interactions": len(idx), "train": int((labels == 0).sum()),
-                    "valid": int((labels == 1).sum()), "test": int((labels == 2).sum()),
-                    "users_dropped_by_core": int(len(uraw) - len(user_raw)),
-                    "items_dropped_by_core": int(len(np.unique(icode)) - n_items)}
-    features: dict[str, np.ndarray] = {}
-    row_of = {str(a): k for k, a in enumerate(item_raw)}
-    if images is not None:
-        feats, found, img_report = read_image_features(Path(images), row_of, image_dim, progress)
-        if not found.any():
-            raise DataError(f"{images}: none of the {n_items} items has a visual feature record "
-                            "(wrong category file?)")
-        feats[~found] = feats[found].mean(0)
-        features["image"] = feats
-        report["images"] = img_report
-        if img_report["missing"]:
-            log(f"{img_report['missing']} of {n_items} items have no image features: "
-                "they get the mean vector")
-    if meta is not None:
-        texts, meta_bad = read_meta(Path(meta), set(row_of), max_bad, progress)
-        meta_bad.check(log)
-        report["meta"] = {**meta_bad.to_dict(), "items_with_text": len(texts),
-                          "items_without_text": n_items - len(texts)}
-        if text_model is not None:
-            from latticerec.datasets.encode import encode_texts
-
-            has = np.asarray([str(a) in texts and bool(texts[str(a)]) for a in item_raw])
-            if not has.any():
-                raise DataError(f"{meta}: no metadata text for any of the {n_items} items")
-            enc = encode_texts([texts[str(a)] for a in item_raw[has]], text_model, batch_size, progress)
-            text_feat = np.empty((n_items, enc.shape[1]), dtype=np.float32)
-            text_feat[has] = enc
-            text_feat[~has] = enc.mean(0)
-            features["text"] = text_feat
-            report["text_model"] = text_model
-            if (~has).any():
-                log(f"{int((~has).sum())} of {n_items} items have no text: they get the mean vector")
+    reviews, out = Path(reviews), Path(out)
     with staged_folder(out, [reviews, meta, images]) as tmp:
+        if name is None:
+            m = re.match(r"reviews_(.+?)(_\d+)?\.json", reviews.name)
+            name = m.group(1).lower() if m else reviews.name.split(".")[0]
+        ucode, icode, uraw, iraw, rating, stamp, bad = read_reviews(reviews, max_bad, progress)
+        bad.check(log)
+        idx = dedupe_pairs(ucode, icode)
+        n_dupes = len(ucode) - len(idx)
+        idx = idx[k_core(ucode[idx], icode[idx], core)]
+        if not len(idx):
+            raise DataError(f"{reviews}: no interactions left after the {core}-core filter")
+        users, user_raw = dense_ids(ucode[idx], uraw)
+        items, item_raw = dense_ids(icode[idx], iraw)
+        n_items = len(item_raw)
+        labels = split_per_user(users, items, np.random.default_rng(seed))
+        report: dict = {"name": name, "core": core, "seed": seed, "reviews": bad.to_dict(),
+                        "duplicates_dropped": n_dupes, "users": len(user_raw), "items": n_items,
+                        "interactions": len(idx), "train": int((labels == 0).sum()),
+                        "valid": int((labels == 1).sum()), "test": int((labels == 2).sum()),
+                        "users_dropped_by_core": int(len(uraw) - len(user_raw)),
+                        "items_dropped_by_core": int(len(np.unique(icode)) - n_items)}
+        features: dict[str, np.ndarray] = {}
+        row_of = {str(a): k for k, a in enumerate(item_raw)}
+        if images is not None:
+            feats, found, img_report = read_image_features(Path(images), row_of, image_dim, progress)
+            if not found.any():
+                raise DataError(f"{images}: none of the {n_items} items has a visual feature record "
+                                "(wrong category file?)")
+            feats[~found] = feats[found].mean(0)
+            features["image"] = feats
+            report["images"] = img_report
+            if img_report["missing"]:
+                log(f"{img_report['missing']} of {n_items} items have no image features: "
+                    "they get the mean vector")
+        if meta is not None:
+            texts, meta_bad = read_meta(Path(meta), set(row_of), max_bad, progress)
+            meta_bad.check(log)
+            report["meta"] = {**meta_bad.to_dict(), "items_with_text": len(texts),
+                              "items_without_text": n_items - len(texts)}
+            if text_model is not None:
+                from latticerec.datasets.encode import encode_texts
+
+                has = np.asarray([str(a) in texts and bool(texts[str(a)]) for a in item_raw])
+                if not has.any():
+                    raise DataError(f"{meta}: no metadata text for any of the {n_items} items")
+                enc = encode_texts([texts[str(a)] for a in item_raw[has]], text_model, batch_size, progress)
+                text_feat = np.empty((n_items, enc.shape[1]), dtype=np.float32)
+                text_feat[has] = enc
+                text_feat[~has] = enc.mean(0)
+                features["text"] = text_feat
+                report["text_model"] = text_model
+                if (~has).any():
+                    log(f"{int((~has).sum())} of {n_items} items have no text: they get the mean vector")
         write_mmrec(tmp, name, users, items, labels, features=features, user_raw=user_raw,
                     item_raw=item_raw, raw_names=("reviewerID", "asin"),
                     extra={"rating": rating[idx], "timestamp": stamp[idx]})
         atomic_write_json(tmp / "build_report.json", report)
-    return report
+        return report

@@ -17,7 +17,7 @@ import numpy as np
 from latticerec.data.cold import COLD_DIR, COLD_FILE, INDUCTIVE_FILE
 from latticerec.data.dataset import SPLITS, Dataset
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping
-from latticerec.datasets.prepare import check_new_folder, staged_folder, write_mmrec
+from latticerec.datasets.prepare import staged_folder, write_mmrec
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_bytes, atomic_write_json
 
@@ -51,17 +51,16 @@ def cold_start_split(dataset: Dataset, out: str | Path, *, seed: int = 0, fracti
     features, the id mappings of its source folder, and ``cold_items.json``. Returns a summary."""
     if rank not in ("cold", "all"):
         raise DataError(f"rank must be 'cold' or 'all', got {rank!r}")
-    check_new_folder(out, [dataset.source])
-    pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
-    users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
-    labels, valid_items, test_items = cold_start_labels(
-        users, items, dataset.n_items, np.random.default_rng(seed), fraction)
-    out = Path(out)
-    name = name or f"{dataset.name}-cold"
-    summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
-               "rank": rank, "n_items": dataset.n_items,
-               "valid": valid_items.tolist(), "test": test_items.tolist()}
     with staged_folder(out, [dataset.source]) as tmp:
+        pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
+        users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
+        labels, valid_items, test_items = cold_start_labels(
+            users, items, dataset.n_items, np.random.default_rng(seed), fraction)
+        out = Path(out)
+        name = name or f"{dataset.name}-cold"
+        summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
+                   "rank": rank, "n_items": dataset.n_items,
+                   "valid": valid_items.tolist(), "test": test_items.tolist()}
         write_mmrec(tmp, name, users, items, labels, features=dataset.features)
         if dataset.source:
             for mapping in (U_MAPPING, I_MAPPING):
@@ -71,9 +70,9 @@ def cold_start_split(dataset: Dataset, out: str | Path, *, seed: int = 0, fracti
         for f in sorted(Path(dataset.source).glob("item_knn*.npz")) if dataset.source else []:
             atomic_write_bytes(tmp / f.name, f.read_bytes())
         atomic_write_json(tmp / COLD_FILE, summary)
-    counts = {s: int((labels == k).sum()) for k, s in enumerate(SPLITS)}
-    return {"out": str(out), "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
-            **{f"{s}_interactions": c for s, c in counts.items()}}
+        counts = {s: int((labels == k).sum()) for k, s in enumerate(SPLITS)}
+        return {"out": str(out), "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
+                **{f"{s}_interactions": c for s, c in counts.items()}}
 
 
 
@@ -123,34 +122,33 @@ def inductive_cold_start_split(dataset: Dataset, out: str | Path, *, seed: int =
     (one row per cold item: the validation items, then the test items), ``cold.inter`` (``userID``
     = the training folder's user index, ``itemID`` = the cold row, ``x_label`` 1 valid / 2 test) and
     ``i_id_mapping.csv`` (raw ids); ``out/inductive.json`` maps every index back to the source."""
-    check_new_folder(out, [dataset.source])
-    pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
-    users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
-    labels, valid_items, test_items = cold_start_labels(
-        users, items, dataset.n_items, np.random.default_rng(seed), fraction)
-    cold = np.concatenate([valid_items, test_items])
-    warm = np.setdiff1d(np.arange(dataset.n_items), cold)
-    is_warm = labels == 0
-    kept_users = np.unique(users[is_warm])
-    user_index = np.full(dataset.n_users, -1)
-    user_index[kept_users] = np.arange(kept_users.size)
-    item_index = np.full(dataset.n_items, -1)
-    item_index[warm] = np.arange(warm.size)
-    item_index[cold] = np.arange(cold.size)  # cold rows, in the cold folder
-    wu, wi = user_index[users[is_warm]], item_index[items[is_warm]]
-    warm_labels = warm_holdout(wu, np.random.default_rng([seed, 1]), holdout)
-    out = Path(out)
-    name = name or f"{dataset.name}-inductive"
-    on_cold = ~is_warm & (user_index[users] >= 0)
-    summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
-               "holdout": holdout, "n_users": int(kept_users.size), "n_items": int(warm.size),
-               "cold_valid": int(valid_items.size), "cold_test": int(test_items.size),
-               "source_users": kept_users.tolist(), "source_items": warm.tolist(),
-               "source_cold": cold.tolist(),
-               "dropped_users": int(dataset.n_users - kept_users.size),
-               "dropped_cold_interactions": int((~is_warm).sum() - on_cold.sum()),
-               "item_graphs_dropped": sorted(dataset.item_graphs)}
     with staged_folder(out, [dataset.source]) as tmp:
+        pooled = (dataset.train + dataset.valid + dataset.test).tocoo()
+        users, items = pooled.row.astype(np.int64), pooled.col.astype(np.int64)
+        labels, valid_items, test_items = cold_start_labels(
+            users, items, dataset.n_items, np.random.default_rng(seed), fraction)
+        cold = np.concatenate([valid_items, test_items])
+        warm = np.setdiff1d(np.arange(dataset.n_items), cold)
+        is_warm = labels == 0
+        kept_users = np.unique(users[is_warm])
+        user_index = np.full(dataset.n_users, -1)
+        user_index[kept_users] = np.arange(kept_users.size)
+        item_index = np.full(dataset.n_items, -1)
+        item_index[warm] = np.arange(warm.size)
+        item_index[cold] = np.arange(cold.size)  # cold rows, in the cold folder
+        wu, wi = user_index[users[is_warm]], item_index[items[is_warm]]
+        warm_labels = warm_holdout(wu, np.random.default_rng([seed, 1]), holdout)
+        out = Path(out)
+        name = name or f"{dataset.name}-inductive"
+        on_cold = ~is_warm & (user_index[users] >= 0)
+        summary = {"source": dataset.source or dataset.name, "seed": seed, "fraction": fraction,
+                   "holdout": holdout, "n_users": int(kept_users.size), "n_items": int(warm.size),
+                   "cold_valid": int(valid_items.size), "cold_test": int(test_items.size),
+                   "source_users": kept_users.tolist(), "source_items": warm.tolist(),
+                   "source_cold": cold.tolist(),
+                   "dropped_users": int(dataset.n_users - kept_users.size),
+                   "dropped_cold_interactions": int((~is_warm).sum() - on_cold.sum()),
+                   "item_graphs_dropped": sorted(dataset.item_graphs)}
         write_mmrec(tmp, name, wu, wi, warm_labels,
                     features={m: f[warm] for m, f in dataset.features.items()},
                     user_raw=_raw_ids(dataset, U_MAPPING, kept_users),
@@ -159,9 +157,9 @@ def inductive_cold_start_split(dataset: Dataset, out: str | Path, *, seed: int =
                     labels[on_cold], features={m: f[cold] for m, f in dataset.features.items()},
                     item_raw=_raw_ids(dataset, I_MAPPING, cold), raw_names=("user_id", "item_id"))
         atomic_write_json(tmp / INDUCTIVE_FILE, summary)
-    return {"out": str(out), "users": summary["n_users"], "warm_items": summary["n_items"],
-            "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
-            **{f"{s}_interactions": int((warm_labels == k).sum()) for k, s in enumerate(SPLITS)},
-            "cold_valid_interactions": int((labels[on_cold] == 1).sum()),
-            "cold_test_interactions": int((labels[on_cold] == 2).sum()),
-            "dropped_users": summary["dropped_users"]}
+        return {"out": str(out), "users": summary["n_users"], "warm_items": summary["n_items"],
+                "cold_valid_items": len(valid_items), "cold_test_items": len(test_items),
+                **{f"{s}_interactions": int((warm_labels == k).sum()) for k, s in enumerate(SPLITS)},
+                "cold_valid_interactions": int((labels[on_cold] == 1).sum()),
+                "cold_test_interactions": int((labels[on_cold] == 2).sum()),
+                "dropped_users": summary["dropped_users"]}

@@ -53,10 +53,13 @@ def cmd_encode_text(args) -> int:
             raise DataError(f"--modality {args.modality!r}: a feature name of letters, digits, '_' or '-' "
                             "(it names the file <modality>_feat.npy)")
         out = out / f"{args.modality}_feat.npy"
-    if out.exists() and not args.overwrite:
-        raise DataError(f"--out {out}: the file exists; refusing to overwrite it (--overwrite replaces it)")
+    blocker = next((p for p in (out.parent, *out.parent.parents) if p.exists() and not p.is_dir()), None)
+    if blocker is not None:  # checked before the model loads, not after the encoding
+        raise DataError(f"--out {out}: {blocker} is a file, not a folder")
     if out.exists() and not out.is_file():
         raise DataError(f"--out {out}: not a regular file")
+    if out.exists() and not args.overwrite:
+        raise DataError(f"--out {out}: the file exists; refusing to overwrite it (--overwrite replaces it)")
     mapping = Path(args.mapping) if args.mapping else out.parent / I_MAPPING
     if args.mapping and not mapping.is_file():
         raise DataError(f"{mapping}: no such id mapping")

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 from latticerec.data.synthetic import split_per_user
 from latticerec.datasets.prepare import (
     BadLines,
-    check_new_folder,
     dedupe_pairs,
     dense_ids,
     k_core,
@@ -215,45 +214,45 @@ def import_recbole(source: str | Path, out: str | Path, *, name: str | None = No
     ``import_report.json``). ``source`` is a ``.inter`` file or a folder holding one. The ``.item``
     file, when beside it, is copied unchanged so ``encode-text`` can be run on it."""
     source = Path(source)
-    check_new_folder(out, [source])
-    if source.is_dir():
-        inters = sorted(source.glob("*.inter"))
-        if len(inters) != 1:
-            raise DataError(f"{source}: expected exactly one .inter file, found {[p.name for p in inters]}")
-        source = inters[0]
-    name = name or source.stem
-    out = Path(out)
-    data = read_recbole_inter(source, max_bad=max_bad, progress=progress)
-    data.bad.check(log)
-    n_read = len(data.users)
-    keep = np.ones(n_read, dtype=bool)
-    if min_rating is not None:
-        if data.rating is None:
-            raise DataError(f"{source}: --min-rating given but the file has no rating column")
-        keep &= data.rating >= min_rating
-    idx = np.flatnonzero(keep)
-    idx = idx[dedupe_pairs(data.users[idx], data.items[idx])]
-    n_dupes = int(keep.sum()) - len(idx)
-    idx = idx[k_core(data.users[idx], data.items[idx], core)]
-    if not len(idx):
-        raise DataError(f"{source}: no interactions left after filtering (core={core}, "
-                        f"min_rating={min_rating})")
-    users, user_raw = dense_ids(data.users[idx], data.user_raw)
-    items, item_raw = dense_ids(data.items[idx], data.item_raw)
-    labels = split_per_user(users, items, np.random.default_rng(seed))
-    extra = {}
-    if data.rating is not None:
-        extra["rating"] = data.rating[idx]
-    if data.timestamp is not None:
-        extra["timestamp"] = data.timestamp[idx]
-    report = {
-        "source": str(source), "out": str(out), "seed": seed, "core": core, "min_rating": min_rating,
-        "rows_read": n_read, "duplicates_dropped": n_dupes, "malformed": data.bad.to_dict(),
-        "users": len(user_raw), "items": len(item_raw), "interactions": len(idx),
-        "train": int((labels == 0).sum()), "valid": int((labels == 1).sum()),
-        "test": int((labels == 2).sum()),
-    }
     with staged_folder(out, [source]) as tmp:
+        if source.is_dir():
+            inters = sorted(source.glob("*.inter"))
+            if len(inters) != 1:
+                raise DataError(f"{source}: expected exactly one .inter file, "
+                                f"found {[p.name for p in inters]}")
+            source = inters[0]
+        name = name or source.stem
+        out = Path(out)
+        data = read_recbole_inter(source, max_bad=max_bad, progress=progress)
+        data.bad.check(log)
+        n_read = len(data.users)
+        keep = np.ones(n_read, dtype=bool)
+        if min_rating is not None:
+            if data.rating is None:
+                raise DataError(f"{source}: --min-rating given but the file has no rating column")
+            keep &= data.rating >= min_rating
+        idx = np.flatnonzero(keep)
+        idx = idx[dedupe_pairs(data.users[idx], data.items[idx])]
+        n_dupes = int(keep.sum()) - len(idx)
+        idx = idx[k_core(data.users[idx], data.items[idx], core)]
+        if not len(idx):
+            raise DataError(f"{source}: no interactions left after filtering (core={core}, "
+                            f"min_rating={min_rating})")
+        users, user_raw = dense_ids(data.users[idx], data.user_raw)
+        items, item_raw = dense_ids(data.items[idx], data.item_raw)
+        labels = split_per_user(users, items, np.random.default_rng(seed))
+        extra = {}
+        if data.rating is not None:
+            extra["rating"] = data.rating[idx]
+        if data.timestamp is not None:
+            extra["timestamp"] = data.timestamp[idx]
+        report = {
+            "source": str(source), "out": str(out), "seed": seed, "core": core, "min_rating": min_rating,
+            "rows_read": n_read, "duplicates_dropped": n_dupes, "malformed": data.bad.to_dict(),
+            "users": len(user_raw), "items": len(item_raw), "interactions": len(idx),
+            "train": int((labels == 0).sum()), "valid": int((labels == 1).sum()),
+            "test": int((labels == 2).sum()),
+        }
         write_mmrec(tmp, name, users, items, labels, user_raw=user_raw, item_raw=item_raw,
                     raw_names=("user_id", "item_id"), extra=extra)
         item_file = source.with_suffix(".item")
@@ -262,4 +261,4 @@ def import_recbole(source: str | Path, out: str | Path, *, name: str | None = No
 
             atomic_write_bytes(tmp / f"{name}.item", item_file.read_bytes())
         atomic_write_json(tmp / "import_report.json", report)
-    return report
+        return report

@@ -290,7 +290,10 @@ class _Loop:
             if self.dist is not None:
                 batch, weight = self.dist.local_batch(*batch)
             users, pos, neg = (torch.as_tensor(a, device=dev) for a in batch)
-            terms = model.loss(users, pos, neg)
+            try:
+                terms = model.loss(users, pos, neg)
+            except TrainingError as exc:  # a model that finds itself diverged (a learned graph)
+                raise TrainingError(f"epoch {epoch}: {exc}") from None
             loss = sum(terms.values())
             if self.dist is None:
                 _check_finite(epoch, loss, terms)
