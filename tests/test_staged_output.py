@@ -9,6 +9,7 @@ import signal
 import stat
 import subprocess
 import sys
+import time
 
 import pytest
 from test_data_amazon import write_raw
@@ -16,10 +17,11 @@ from test_data_amazon import write_raw
 import latticerec.datasets.amazon as amazon
 import latticerec.datasets.coldstart as coldstart
 import latticerec.datasets.recbole as recbole
+import latticerec.datasets.staging as staging
 import latticerec.datasets.synth as synth
 from latticerec.data import make_synthetic
 from latticerec.data.readers import load_dataset
-from latticerec.datasets.prepare import staged_folder
+from latticerec.datasets.staging import staged_folder
 from latticerec.errors import DataError
 
 
@@ -130,21 +132,105 @@ def test_a_failure_removes_the_parents_it_created_and_long_names_fit(tmp_path):
     assert (long / "x").exists()
 
 
-def test_sigterm_cleans_up_and_a_killed_builds_partial_folder_is_removed_next_time(tmp_path):
-    with pytest.raises(SystemExit) as stop:
+SIGTERM_CHILD = """
+import os, signal, sys
+from latticerec.datasets.staging import staged_folder
+with staged_folder(sys.argv[1]) as tmp:
+    (tmp / "x").write_text("x")
+    os.kill(os.getpid(), signal.SIGTERM)
+    print("not reached")
+"""
+
+
+def test_sigterm_during_a_build_cleans_up(tmp_path):
+    for out in (tmp_path / "new" / "ds", tmp_path / "existing"):
+        (tmp_path / "existing").mkdir(exist_ok=True)
+        run = subprocess.run([sys.executable, "-c", SIGTERM_CHILD, str(out)], capture_output=True, text=True)
+        assert run.returncode == 143 and "not reached" not in run.stdout, run.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no "new", nothing hidden
+        assert list((tmp_path / "existing").iterdir()) == []
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+
+
+def _stale(folder, name, age=3600, pid=4242):
+    p = folder / f".{name}.{pid}-0123abcd.partial"
+    p.mkdir()
+    (p / "junk").write_text("x")
+    os.utime(p, (time.time() - age, time.time() - age))
+    return p
+
+
+def test_a_dead_builds_partial_folder_is_removed_a_live_one_kept(tmp_path):
+    stale = _stale(tmp_path, "ds")  # its lock is free: its build is gone (SIGKILL)
+    live = _stale(tmp_path, "ds", pid=77)
+    fd = staging._lock(live)  # a build in progress holds its lock
+    young = tmp_path / ".ds.78-0123abcd.partial"  # just made, its lock maybe not yet taken
+    young.mkdir()
+    others = [tmp_path / n for n in (".ds.2024-01.5-0123abcd.partial",   # another out's, "ds.2024-01"
+                                     ".ds.12-backup.partial",            # not our pattern
+                                     ".ds.99999999999999999999-ab.partial", ".ds.²-0123abcd.partial")]
+    for p in others:
+        p.mkdir()
+        os.utime(p, (time.time() - 3600, time.time() - 3600))
+    try:
         with staged_folder(tmp_path / "ds") as tmp:
             (tmp / "x").write_text("x")
-            os.kill(os.getpid(), signal.SIGTERM)
-    assert stop.value.code == 143 and list(tmp_path.iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
-    # SIGKILL cannot be caught: its partial folder (a pid that no longer runs) goes with the next build
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    stale = tmp_path / f".ds.{dead.pid}-0123abcd.partial"
-    stale.mkdir()
-    (stale / "junk").write_text("x")
-    live = tmp_path / f".ds.{os.getpid()}-0123abcd.partial"  # a build in progress keeps its folder
-    live.mkdir()
-    with staged_folder(tmp_path / "ds") as tmp:
+    finally:
+        os.close(fd)
+    assert not stale.exists() and live.exists() and young.exists() and all(p.exists() for p in others)
+    # inside an existing --out: a dead build's folder is cleared, a live one refuses the build
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    _stale(existing, "dataset")
+    with staged_folder(existing) as tmp:
         (tmp / "x").write_text("x")
-    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "ds"]
+    assert [p.name for p in existing.iterdir()] == ["x"]
+    busy = tmp_path / "busy"
+    busy.mkdir()
+    fd = staging._lock(_stale(busy, "dataset"))
+    try:
+        with pytest.raises(DataError, match="already holds files"):
+            with staged_folder(busy):
+                pass
+    finally:
+        os.close(fd)
+
+
+def test_a_failed_publish_into_an_existing_folder_moves_everything_back(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    out.mkdir()
+    real = os.replace
+    calls = []
+
+    def flaky(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real(src, dst)
+
+    with pytest.raises(OSError, match="cannot move the finished dataset into"):
+        with staged_folder(out) as tmp:
+            for name in ("a.inter", "b_feat.npy", "report.json"):
+                (tmp / name).write_text(name)
+            monkeypatch.setattr(staging.os, "replace", flaky)
+    assert list(out.iterdir()) == []  # not half a dataset
+    assert calls[0].name != "report.json"  # the report moves last
+
+
+def test_paths_with_dots_multibyte_names_and_an_early_failure(tmp_path, monkeypatch):
+    with staged_folder(tmp_path / "nothere" / ".." / "ds") as tmp:
+        (tmp / "x").write_text("x")
+    assert (tmp_path / "ds" / "x").exists() and not (tmp_path / "nothere").exists()
+    emoji = tmp_path / ("\U0001F600" * 63)  # 252 bytes: a valid name
+    with staged_folder(emoji) as tmp:
+        (tmp / "x").write_text("x")
+    assert (emoji / "x").exists()
+
+    def no_lock(folder):
+        raise OSError(13, "Permission denied")
+
+    monkeypatch.setattr(staging, "_lock", no_lock)  # fails after the parents were created
+    with pytest.raises(OSError, match="permission denied"):
+        with staged_folder(tmp_path / "p" / "q" / "ds"):
+            pass
+    assert not (tmp_path / "p").exists()

@@ -17,7 +17,8 @@ import numpy as np
 from latticerec.data.cold import COLD_DIR, COLD_FILE, INDUCTIVE_FILE
 from latticerec.data.dataset import SPLITS, Dataset
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping
-from latticerec.datasets.prepare import staged_folder, write_mmrec
+from latticerec.datasets.prepare import write_mmrec
+from latticerec.datasets.staging import staged_folder
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_bytes, atomic_write_json
 

@@ -10,14 +10,8 @@ format of MMRec's released mappings).
 from __future__ import annotations
 
 import io
-import os
-import secrets
-import shutil
-import signal
 import sys
-import threading
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +19,7 @@ import numpy as np
 
 from latticerec.data.mapping import I_MAPPING, U_MAPPING, read_mapping  # noqa: F401 (re-exported)
 from latticerec.errors import DataError
-from latticerec.io import _atomic, atomic_write_bytes, output_error
+from latticerec.io import _atomic, atomic_write_bytes
 
 
 @dataclass
@@ -180,135 +174,6 @@ def check_new_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) 
         raise DataError(f"--out {out}: folder already holds files; refusing to overwrite them "
                         "(choose a new or empty folder)")
     return out
-
-
-PARTIAL = ".partial"
-INSIDE = "dataset"  # the partial folder's name inside an existing --out: .dataset.<pid>-<random>.partial
-
-
-def _partial_name(out: Path) -> str:
-    """``.<name>.<pid>-<random>.partial``: hidden, short enough for any valid ``out`` name, and naming
-    the process that writes it (:func:`_remove_stale_partials`)."""
-    return f".{out.name[:64]}.{os.getpid()}-{secrets.token_hex(4)}{PARTIAL}"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
-def _remove_stale_partials(folder: Path, name: str) -> None:
-    """Remove ``.<name>.<pid>-<random>.partial`` folders in ``folder`` whose writer is gone (killed by
-    SIGKILL, a power cut): a build in progress keeps its own."""
-    prefix = f".{name[:64]}."
-    try:
-        entries = list(folder.iterdir()) if folder.is_dir() else []
-    except OSError:
-        return
-    for p in entries:
-        if not (p.name.startswith(prefix) and p.name.endswith(PARTIAL)):
-            continue
-        pid = p.name[len(prefix):-len(PARTIAL)].split("-")[0]
-        if pid.isdigit() and p.is_dir() and not p.is_symlink() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
-
-
-@contextmanager
-def _sigterm_as_exit() -> Iterator[None]:
-    """While the block runs, SIGTERM (``kill``, a job scheduler) raises ``SystemExit(143)`` so the
-    cleanup of :func:`staged_folder` runs; only in the main thread and where nobody else handles it."""
-    if (threading.current_thread() is not threading.main_thread()
-            or signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL):
-        yield
-        return
-
-    def stop(signum, frame):
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, stop)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-@contextmanager
-def staged_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> Iterator[Path]:
-    """Build a new dataset folder all at once. Checks ``out`` (:func:`check_new_folder`) and yields a
-    hidden folder to write into; when the block ends the result appears in ``out`` at once, and on any
-    error the hidden folder is removed, so ``out`` never holds a half-written dataset.
-
-    A missing ``out`` is built beside it (``.<name>.<pid>-<random>.partial``) and renamed into place
-    (parents created for it are removed again on failure). An existing, empty ``out`` (``.``, a mount
-    point, a symlink to a folder) is kept as it is, with its owner and mode: the build goes into a
-    hidden folder inside it whose entries are moved up at the end. A partial folder left by a killed
-    process is removed by the next build of the same ``out``."""
-    with _sigterm_as_exit():
-        yield from _staged(Path(out), list(inputs))
-
-
-def _staged(out: Path, inputs: list) -> Iterator[Path]:
-    if out.is_symlink() and not out.exists():
-        raise DataError(f"--out {out}: a symbolic link to nothing ({os.readlink(out)})")
-    inside = out.is_dir()
-    if inside:
-        _remove_stale_partials(out, INSIDE)
-    else:
-        _remove_stale_partials(out.resolve().parent, out.resolve().name)
-    out = check_new_folder(out, inputs)
-    created: list[Path] = []
-    try:
-        if inside:
-            tmp = out / _partial_name(Path(INSIDE))
-        else:
-            if not out.resolve().name:
-                raise DataError(f"--out {out}: name a dataset folder")
-            parent = out.resolve().parent
-            missing = [p for p in (parent, *parent.parents) if not p.exists()]
-            for p in reversed(missing):
-                p.mkdir()
-                created.append(p)
-            tmp = parent / _partial_name(out.resolve())
-        tmp.mkdir()
-    except OSError as exc:
-        _remove_created(created)
-        raise output_error(out, exc) from None
-    try:
-        yield tmp
-        if inside:
-            others = sorted(p.name for p in out.iterdir() if p != tmp)
-            if others:
-                raise DataError(f"--out {out}: {others[0]} appeared there during the build; refusing to "
-                                "overwrite it (choose a new or empty folder)")
-            try:
-                for entry in list(tmp.iterdir()):
-                    os.replace(entry, out / entry.name)
-                tmp.rmdir()
-            except OSError as exc:
-                raise output_error(out, exc, "cannot move the finished dataset into") from None
-        else:
-            check_new_folder(out, inputs)
-            try:
-                os.replace(tmp, out)  # onto a missing (or since created, empty) folder: one rename
-            except OSError as exc:
-                raise output_error(out, exc, "cannot move the finished dataset into") from None
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        _remove_created(created)
-        raise
-
-
-def _remove_created(folders: list[Path]) -> None:
-    for p in reversed(folders):  # deepest first; only if still empty
-        try:
-            p.rmdir()
-        except OSError:
-            pass
 
 
 def save_npy(path: Path, array: np.ndarray) -> None:

@@ -25,9 +25,9 @@ from latticerec.datasets.prepare import (
     dedupe_pairs,
     dense_ids,
     k_core,
-    staged_folder,
     write_mmrec,
 )
+from latticerec.datasets.staging import staged_folder
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 

@@ -24,7 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from latticerec.data.synthetic import split_per_user
-from latticerec.datasets.prepare import atomic_write_chunks, iter_inter_lines, staged_folder
+from latticerec.datasets.prepare import atomic_write_chunks, iter_inter_lines
+from latticerec.datasets.staging import staged_folder
 from latticerec.errors import DataError
 from latticerec.io import atomic_write_json
 
