@@ -149,7 +149,6 @@ def test_sigterm_during_a_build_cleans_up(tmp_path):
         assert run.returncode == 143 and "not reached" not in run.stdout, run.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["existing"]  # no "new", nothing hidden
         assert list((tmp_path / "existing").iterdir()) == []
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
 
 
 def _stale(folder, name, age=3600, pid=4242):
@@ -234,3 +233,21 @@ def test_paths_with_dots_multibyte_names_and_an_early_failure(tmp_path, monkeypa
         with staged_folder(tmp_path / "p" / "q" / "ds"):
             pass
     assert not (tmp_path / "p").exists()
+
+
+def test_the_sigterm_handler_is_installed_only_when_nobody_else_has_one():
+    before = signal.getsignal(signal.SIGTERM)  # torch's elastic agent may have installed one
+    try:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        with staging._sigterm_as_exit():
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, before)
+        assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # restored
+
+        def theirs(signum, frame):
+            pass
+
+        signal.signal(signal.SIGTERM, theirs)
+        with staging._sigterm_as_exit():
+            assert signal.getsignal(signal.SIGTERM) is theirs  # left alone
+    finally:
+        signal.signal(signal.SIGTERM, before)
