@@ -170,6 +170,18 @@ def test_an_existing_run_is_refused_unless_resume_or_overwrite(tmp_path, capsys)
     assert json.loads((out / "metrics.json").read_text())["config"]["train"]["seed"] == 5
     assert main([*TRAIN, "--out", str(out), "--overwrite", "--resume"]) == 2
     assert "give one of them" in capsys.readouterr().err
+    # --overwrite with a mistyped --data: the error, and the old run untouched (it used to be deleted
+    # before the data was read); a good overwrite also removes the old run's curves
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "curves.png" in before
+    typo = [a if a != "synthetic" else str(tmp_path / "no-such-data") for a in TRAIN]
+    assert main([*typo, "--out", str(out), "--overwrite"]) == 2
+    assert "no-such-data" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    (out / "curves.png").write_bytes(b"\x89PNG\r\n\x1a\nstale")
+    pop = ["train", "--model", "pop", "--data", "synthetic", "--quiet"]  # nothing to train: no curves
+    assert main([*pop, "--out", str(out), "--overwrite"]) == 0
+    assert not (out / "curves.png").exists()  # the old run's figure went with it
 
 
 class Payload:
@@ -253,6 +265,23 @@ def test_evaluate_refuses_changed_data(tmp_path, capsys):
     assert main(["train", "--model", "mf", "--data", str(data), "--epochs", "2", "--quiet",
                  "--out", str(out), "--set", "embed_dim=4", "--resume"]) == 2
     assert "changed" in capsys.readouterr().err
+    # a config.json without its hash (hand-edited, or an older writer): best.pt's hash still catches it
+    meta = json.loads((out / "config.json").read_text())
+    del meta["dataset_hash"]
+    (out / "config.json").write_text(json.dumps(meta))
+    assert main(["evaluate", "--run", str(out)]) == 2
+    assert "content hash differs from best.pt's" in capsys.readouterr().err
+
+
+def test_evaluate_says_when_a_run_is_unfinished_or_sampled(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main([*TRAIN, "--out", str(out), "--set", "eval_users=5"]) == 0
+    (out / "metrics.json").unlink()  # as if training were still going (or was killed)
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--json"]) == 0
+    text = capsys.readouterr().out
+    assert "the run has not finished (no metrics.json)" in text and "eval_users=5" in text
+    assert json.loads(text[text.index("{"):])["finished"] is False
 
 
 def test_train_help_names_every_registered_model_and_the_parser_imports_no_torch():

@@ -8,6 +8,7 @@ and the per-user test arrays (distributed evaluation), and the run folders (only
 
 import json
 import os
+import re
 import socket
 import sys
 import warnings
@@ -248,3 +249,19 @@ def test_one_machine_runs_keep_gloo_on_loopback(monkeypatch):
     assert os.environ["GLOO_SOCKET_IFNAME"] == "eth7"
     assert [distributed._is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "10.0.0.1", "node7")] \
         == [True, True, True, False, False]
+
+
+@pytest.mark.parametrize("env, says", [
+    ({"RANK": "5", "WORLD_SIZE": "2"}, "RANK='5' in the environment is not a whole number in [0, 1]"),
+    ({"RANK": "-1", "WORLD_SIZE": "2"}, "RANK='-1'"),
+    ({"RANK": "abc", "WORLD_SIZE": "2"}, "RANK='abc'"),
+    ({"RANK": "0", "WORLD_SIZE": "0"}, "WORLD_SIZE='0' in the environment is not a whole number >= 1"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "MASTER_PORT": "70000"}, "MASTER_PORT='70000'"),
+    ({"RANK": "0", "WORLD_SIZE": "2", "LOCAL_RANK": "2"}, "LOCAL_RANK='2'"),
+])
+def test_a_malformed_torchrun_environment_is_an_error_not_a_hang(monkeypatch, env, says):
+    # RANK=5 of 2 used to wait for its peers forever; WORLD_SIZE=0 silently trained one process
+    for key, value in {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500", **env}.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(LatticeRecError, match=re.escape(says)):
+        distributed.launched()

@@ -121,3 +121,33 @@ def test_plot_of_a_tampered_history_is_an_error_naming_the_file(tmp_path, capsys
                        "history": [{"epoch": 1, "loss_bpr": 0.5, "valid_recall@20": 0.1}]})
     assert main(["plot", "--run", str(run.path)]) == 0
     assert (run.path / "curves.png").read_bytes().startswith(PNG)
+
+
+def test_plot_refuses_to_overwrite_what_is_not_its_figure_and_non_finite_history(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mf", "--data", "synthetic", "--epochs", "2", "--quiet", "--out",
+                 str(run), "--set", "embed_dim=4"]) == 0
+    metrics = (run / "metrics.json").read_bytes()
+    (tmp_path / "notes.txt").write_text("mine")
+    (tmp_path / "fake.png").write_text("not a png")
+    for out, says in ((run / "metrics.json", "give a .png file name"),
+                      (tmp_path / "notes.txt", "give a .png file name"),
+                      (tmp_path / "fake.png", "exists and is not a PNG figure"),
+                      ("", "give a .png file name")):
+        capsys.readouterr()
+        assert main(["plot", "--run", str(run), "--out", str(out)]) == 2
+        assert says in capsys.readouterr().err
+    assert (run / "metrics.json").read_bytes() == metrics and (tmp_path / "notes.txt").read_text() == "mine"
+    assert main(["plot", "--run", str(run), "--out", str(tmp_path / "c.png")]) == 0
+    assert main(["plot", "--run", str(run), "--out", str(tmp_path / "c.png")]) == 0  # its own figure
+    record = json.loads(metrics)
+    for bad in (float("nan"), float("inf")):
+        record["history"][0]["loss_bpr"] = bad
+        (run / "metrics.json").write_text(json.dumps(record))
+        assert main(["plot", "--run", str(run)]) == 2
+        assert "finite numbers" in capsys.readouterr().err
+    record["history"][0]["loss_bpr"] = 0.5
+    record["history"][0]["epoch"] = 10 ** 300
+    (run / "metrics.json").write_text(json.dumps(record))
+    assert main(["plot", "--run", str(run)]) == 2
+    assert "increasing order" in capsys.readouterr().err

@@ -133,7 +133,8 @@ def _train(args, run, device, dist) -> int:
         if not main_rank:  # the other ranks: data now, their model once rank 0 filled the graph cache
             return load_dataset(args.data), None, None
         held.enter_context(run_dir.lock())  # checks the folder is writable; held until the run is written
-        run_dir.prepare(args.resume, args.overwrite)
+        run_dir.prepare(args.resume, args.overwrite, remove=False)  # --overwrite deletes below, once
+        # the data and the model are known to be good: a typo must not cost the old run
         saved = run_dir.read_config() if args.resume and run_dir.has_config() else None
         if args.resume:
             _check_resumable(run_dir, saved, run.to_dict(), data_spec)
@@ -146,6 +147,7 @@ def _train(args, run, device, dist) -> int:
                 f"--resume: {run_dir.file(RunDir.CONFIG)} has no dataset hash (an older latticerec "
                 "wrote it), so the data cannot be checked; start again with --overwrite")
         model = build_model(run, dataset, device, cache)
+        run_dir.prepare(args.resume, args.overwrite)
         run_dir.write_config({"model": args.model, "data": data_spec, "config": run.to_dict(),
                               "dataset_hash": data_hash})
         return dataset, data_hash, model
@@ -175,8 +177,7 @@ def _train(args, run, device, dist) -> int:
           f"({result['train_seconds']:.1f} s training)")
     print(_format_table(result["valid"], result["test"], run.train.topk))
     if run.train.eval_users:
-        print(f"metrics over a seeded sample of at most {run.train.eval_users} users per split "
-              f"(eval_users={run.train.eval_users}, seed {run.train.seed}), not every user")
+        print(_sample_note(run.train))
     from latticerec.experiment.plots import write_curves
 
     curves = write_curves(run_dir.path)
@@ -207,11 +208,23 @@ def cmd_evaluate(args) -> int:
     cfg = trained.run.train
     valid = evaluate_split(trained.model, trained.dataset, "valid", cfg)
     test = evaluate_split(trained.model, trained.dataset, "test", cfg)
+    finished = trained.run_dir.file(RunDir.METRICS).exists()
     print(f"{trained.run.model} on {trained.dataset.name} ({args.run})")
     print(_format_table(valid, test, cfg.topk))
+    if not finished:
+        print(f"the run has not finished (no {RunDir.METRICS}): these are the weights of its best "
+              f"validation epoch so far (epoch {trained.best_epoch})")
+    if cfg.eval_users:
+        print(_sample_note(cfg))
     if args.json:
-        print(json.dumps({"valid": valid, "test": test}, indent=2))
+        print(json.dumps({"valid": valid, "test": test, "finished": finished,
+                          "best_epoch": trained.best_epoch, "eval_users": cfg.eval_users}, indent=2))
     return 0
+
+
+def _sample_note(cfg) -> str:
+    return (f"metrics over a seeded sample of at most {cfg.eval_users} users per split "
+            f"(eval_users={cfg.eval_users}, seed {cfg.seed}), not every user")
 
 
 def _per_user_runs(path: str) -> dict:

@@ -7,11 +7,13 @@ evaluation, with the best-validation epoch marked.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from latticerec.errors import LatticeRecError
 
 CURVES = "curves.png"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
 def pyplot():
@@ -38,7 +40,28 @@ def save(fig, path: Path) -> Path:
 
 
 def _number(value) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+    """A finite int or float (training never records NaN or infinity: it stops first)."""
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def check_png_target(path: Path, run_dir) -> Path:
+    """``path`` may receive a figure: a ``.png`` name, not one of the run's own files, and not an
+    existing file other than a PNG (a figure written before is replaced, anything else refused)."""
+    path = Path(path)
+    if not str(path) or path.suffix.lower() != ".png":
+        raise LatticeRecError(f"--out {str(path)!r}: give a .png file name")
+    if path.resolve().parent == run_dir.path.resolve() and path.name in run_dir.RUN_FILES \
+            and path.name != run_dir.CURVES:
+        raise LatticeRecError(f"--out {path}: one of the run's own files")
+    if path.exists():
+        try:
+            with open(path, "rb") as fh:
+                is_png = path.is_file() and fh.read(8) == PNG_MAGIC
+        except OSError:
+            is_png = False
+        if not is_png:
+            raise LatticeRecError(f"--out {path}: exists and is not a PNG figure; refusing to overwrite it")
+    return path
 
 
 def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
@@ -47,6 +70,7 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     from latticerec.train.rundir import RunDir
 
     run_dir = RunDir(run)
+    target = check_png_target(Path(out), run_dir) if out is not None else run_dir.file(CURVES)
     metrics = run_dir.read_metrics()
     history = metrics.get("history")
     if not isinstance(history, list) or not all(isinstance(r, dict) and _number(r.get("epoch"))
@@ -54,12 +78,16 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
                                                         if k.startswith(("loss_", "valid_")))
                                                 for r in history):
         raise LatticeRecError(f"{run_dir.file(run_dir.METRICS)}: no valid 'history' list (each epoch "
-                              "a record of numbers: epoch, loss_*, valid_*)")
+                              "a record of finite numbers: epoch, loss_*, valid_*)")
+    epochs = [r["epoch"] for r in history]
+    if any(not isinstance(e, int) or e < 1 for e in epochs) or epochs != sorted(set(epochs)):
+        shown = f"{epochs[:10]}{' ...' if len(epochs) > 10 else ''}"
+        raise LatticeRecError(f"{run_dir.file(run_dir.METRICS)}: 'history' epochs must be whole numbers "
+                              f">= 1 in increasing order, got {shown}")
     if not history:
         return None
     plt = pyplot()
     fig, (ax_loss, ax_valid) = plt.subplots(1, 2, figsize=(10, 3.8), layout="constrained")
-    epochs = [r["epoch"] for r in history]
     terms = sorted({k for r in history for k in r if k.startswith("loss_")})
     total = [sum(r.get(k, 0.0) for k in terms) for r in history]
     ax_loss.plot(epochs, total, label="total", color="black")
@@ -78,4 +106,4 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     ax_valid.set(xlabel="epoch", ylabel="validation metric", title="validation")
     ax_valid.legend(fontsize=8)
     fig.suptitle(f"{metrics.get('model', '?')} on {Path(str(metrics.get('data', '?'))).name}")
-    return save(fig, Path(out) if out else run_dir.file(CURVES))
+    return save(fig, target)

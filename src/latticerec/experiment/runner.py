@@ -251,31 +251,13 @@ def check_tasks(tasks: list[RunTask], device: str = "cpu", cache_dir: str | None
     return outcomes
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def _end_with(parent: int) -> None:
-    """Linux: this process gets SIGTERM when the runner ``parent`` ends, however it ends (killed
-    with SIGTERM or SIGKILL included): otherwise a pool worker would go on training, holding its
-    run folder's lock, after the runner that planned the grid is gone."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the runner ended before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
-
-
 def _worker_init(threads: int, parent: int | None = None) -> None:
     import torch
 
     if parent is not None:
-        _end_with(parent)
+        from latticerec.process import end_with
+
+        end_with(parent)
     torch.set_num_threads(threads)
 
 

@@ -42,15 +42,34 @@ from latticerec.errors import LatticeRecError
 ENV_KEYS = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
+LAUNCHER_PID = "LATTICEREC_LAUNCHER_PID"  # set by :func:`launch` for its ranks
+
+
+def _env_int(key: str, low: int, high: int | None = None) -> int:
+    raw = os.environ[key]
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f">= {low}" if high is None else f"in [{low}, {high}]"
+        raise LatticeRecError(f"{key}={raw!r} in the environment is not a whole number {bounds} "
+                              "(torchrun sets it; unset RANK, WORLD_SIZE, MASTER_ADDR and MASTER_PORT "
+                              "to run one process)")
+    return value
+
+
 def launched() -> bool:
-    """Whether this process is a rank of a run that torchrun started (its environment is set)."""
+    """Whether this process is a rank of a run that torchrun started (its environment is set, and
+    checked: a rank outside ``[0, WORLD_SIZE)`` would wait for its peers forever)."""
     if not all(k in os.environ for k in ENV_KEYS):
         return False
-    try:
-        return int(os.environ["WORLD_SIZE"]) > 1
-    except ValueError:
-        raise LatticeRecError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} in the environment is not a "
-                              "whole number (torchrun sets it; unset it to run one process)") from None
+    world = _env_int("WORLD_SIZE", 1)
+    _env_int("RANK", 0, world - 1)
+    _env_int("MASTER_PORT", 1, 65535)
+    if "LOCAL_RANK" in os.environ:
+        _env_int("LOCAL_RANK", 0, world - 1)
+    return world > 1
 
 
 def loopback_interface() -> str | None:
@@ -220,6 +239,11 @@ def init(device: torch.device | str) -> Dist | None:
     was not launched as one of several ranks: the single-process path, unchanged."""
     if not launched():
         return None
+    parent = os.environ.get(LAUNCHER_PID, "")
+    if parent.isdigit():  # started by ``train --nproc``: end with that launcher, even if it is killed
+        from latticerec.process import end_with
+
+        end_with(int(parent))
     if not dist.is_available():
         raise LatticeRecError("this torch build has no torch.distributed: train with one process")
     cuda = torch.device(device).type == "cuda"
@@ -272,9 +296,15 @@ def launch(nproc: int, argv: list[str]) -> int:
     ``OMP_NUM_THREADS = cores / N`` unless it is set. The rendezvous names 127.0.0.1 as this node's
     address, so ``MASTER_ADDR`` is loopback and :func:`init` keeps gloo there. Returns rank 0's exit
     status."""
+    import logging
+
+    from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
 
+    # the ranks print their own one-line errors; the agent's log lines about them would repeat them
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
+    os.environ[LAUNCHER_PID] = str(os.getpid())
     if "OMP_NUM_THREADS" not in os.environ:
         os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
     config = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=str(uuid.uuid4()),
@@ -286,4 +316,7 @@ def launch(nproc: int, argv: list[str]) -> int:
         rank, failure = exc.get_first_failure()
         raise LatticeRecError(f"rank {rank} of {nproc} failed (exit status {failure.exitcode}); "
                               "its message is printed above") from None
+    except SignalException as exc:  # Ctrl-C or SIGTERM: the agent stopped the ranks
+        print("latticerec: interrupted", file=sys.stderr)
+        return 128 + int(exc.sigval)
     return 0

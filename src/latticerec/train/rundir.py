@@ -107,8 +107,9 @@ class RunDir:
     PER_USER = "per_user.npz"
     LOCK = ".lock"
     EXPORT = "export"
-    RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, PER_USER)
-    TRAINING_FILES = (METRICS, CHECKPOINT, BEST, PER_USER)  # what ``fit`` writes
+    CURVES = "curves.png"
+    RUN_FILES = (CONFIG, METRICS, CHECKPOINT, BEST, PER_USER, CURVES)
+    TRAINING_FILES = (METRICS, CHECKPOINT, BEST, PER_USER, CURVES)  # ``fit``'s and the CLI's after it
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
@@ -136,9 +137,12 @@ class RunDir:
         """Create the folder and prove it writable (an :class:`OutputError` naming it otherwise)."""
         check_writable(self.path, "run folder")
 
-    def prepare(self, resume: bool, overwrite: bool, names: tuple[str, ...] = RUN_FILES) -> None:
+    def prepare(self, resume: bool, overwrite: bool, names: tuple[str, ...] = RUN_FILES,
+                remove: bool = True) -> None:
         """Refuse to start a new run over an existing one (``names`` present) unless ``overwrite``,
-        which deletes them; ``resume`` keeps them. Call it while holding :meth:`lock`."""
+        which deletes them (not with ``remove=False``: a check first, the deletion once the new run's
+        data and model are known to be good); ``resume`` keeps them. Call it while holding
+        :meth:`lock`."""
         if resume and overwrite:
             raise RunError("--resume continues the run in the folder, --overwrite replaces it: "
                            "give one of them")
@@ -148,6 +152,8 @@ class RunDir:
         if not overwrite:
             raise RunError(f"{self.path} already holds a run ({', '.join(present)}): give --resume "
                            "to continue it, --overwrite to replace it, or another --out folder")
+        if not remove:
+            return
         for name in present:
             try:
                 self.file(name).unlink()
@@ -379,11 +385,15 @@ def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cach
     run = read_run_config(run_dir, meta)
     dataset = load_dataset(meta["data"])
     saved_hash = meta.get("dataset_hash")
-    if saved_hash is not None and saved_hash != dataset.content_hash():
-        raise RunError(f"{meta['data']}: the data changed since the run in {run_dir.path} was "
-                       "trained (content hash differs); its results would not be comparable")
     best = run_dir.load_best(device)
     where = run_dir.file(run_dir.BEST)
+    # config.json's hash, or where it has none (hand-edited, an older writer) best.pt's, catches changed data
+    source, known = ((run_dir.file(run_dir.CONFIG), saved_hash) if saved_hash is not None
+                     else (where, best.get("dataset_hash")))
+    if known is not None and known != dataset.content_hash():
+        raise RunError(f"{meta['data']}: the data changed since the run in {run_dir.path} was "
+                       f"trained (content hash differs from {source.name}'s); its results would "
+                       "not be comparable")
     if saved_hash is not None and "dataset_hash" in best and best["dataset_hash"] != saved_hash:
         raise RunError(f"{where}: trained on other data than the run of {run_dir.file(run_dir.CONFIG)} "
                        "(dataset content hash differs): the files come from different runs")
