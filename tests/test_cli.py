@@ -385,3 +385,15 @@ def test_tampered_best_weights_are_refused_by_evaluate_and_export(tmp_path, caps
             assert str(out / "best.pt") in err and msg in err, err
     (out / "best.pt").write_bytes(good)
     assert main(["evaluate", "--run", str(out)]) == 0
+
+
+def test_a_train_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path, capsys):
+    out = tmp_path / "new-run"
+    assert main(["train", "--model", "mf", "--data", str(tmp_path / "typo"), "--out", str(out)]) == 2
+    assert not out.exists()
+    assert main([*TRAIN, "--out", str(out), "--resume"]) == 2  # nothing to resume
+    assert not out.exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()  # a folder the user made is left as it was
+    assert main(["train", "--model", "mf", "--data", str(tmp_path / "typo"), "--out", str(kept)]) == 2
+    assert kept.is_dir()

@@ -111,6 +111,23 @@ def _rank_model(run, dataset, expected_hash: str, device, cache, rank: int):
 
 def _train(args, run, device, dist) -> int:
     """Train one run; in a distributed run (``dist``) only rank 0 touches the run folder and prints."""
+    from latticerec.train.rundir import RunDir
+
+    main_rank = dist is None or dist.is_main
+    run_dir = RunDir(args.out or _default_out(args.model, args.data))
+    new_folder = main_rank and not run_dir.path.exists()
+    try:
+        return _train_into(args, run, device, dist, run_dir, main_rank)
+    except BaseException:
+        if new_folder:  # a run that failed before writing anything leaves no empty folder behind
+            try:
+                run_dir.path.rmdir()
+            except OSError:
+                pass
+        raise
+
+
+def _train_into(args, run, device, dist, run_dir, main_rank: bool) -> int:
     from contextlib import ExitStack
 
     from latticerec.data.readers import load_dataset
@@ -119,8 +136,6 @@ def _train(args, run, device, dist) -> int:
     from latticerec.train.rundir import RunDir
     from latticerec.train.trainer import fit
 
-    main_rank = dist is None or dist.is_main
-    run_dir = RunDir(args.out or _default_out(args.model, args.data))
     if args.export and main_rank:
         from latticerec.serve.export import check_export_target
 
