@@ -397,3 +397,31 @@ def test_a_train_that_fails_before_writing_leaves_no_empty_run_folder(tmp_path, 
     kept.mkdir()  # a folder the user made is left as it was
     assert main(["train", "--model", "mf", "--data", str(tmp_path / "typo"), "--out", str(kept)]) == 2
     assert kept.is_dir()
+
+
+def test_evaluate_finds_a_moved_dataset_with_data_and_checks_it_is_the_same(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["data", "synth", "--users", "40", "--items", "50", "--interactions", "400",
+                 "--dims", "image=4", "--out", str(data)]) == 0
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mf", "--data", str(data), "--epochs", "1", "--quiet",
+                 "--out", str(out), "--set", "embed_dim=4"]) == 0
+    data.rename(tmp_path / "moved")
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "records is not there (moved or deleted); give its new path with --data" in err
+    assert main(["evaluate", "--run", str(out), "--data", str(tmp_path / "moved")]) == 0
+    other = tmp_path / "other"
+    assert main(["data", "synth", "--users", "40", "--items", "50", "--interactions", "400",
+                 "--dims", "image=4", "--seed", "1", "--out", str(other)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--run", str(out), "--data", str(other)]) == 2
+    assert f"{other}: the data changed" in capsys.readouterr().err
+
+
+def test_an_empty_cache_dir_is_refused_not_the_current_folder(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main([*TRAIN, "--out", str(tmp_path / "run"), "--cache-dir", ""]) == 2
+    assert "--cache-dir: an empty path" in capsys.readouterr().err
+    assert not (tmp_path / "graphs").exists() and not (tmp_path / "run").exists()

@@ -219,7 +219,7 @@ def cmd_evaluate(args) -> int:
 
     cache = KnnGraphCache(args.cache_dir)
     cache.check_writable()
-    trained = load_trained(RunDir(args.run), resolve_device(args.device), cache)
+    trained = load_trained(RunDir(args.run), resolve_device(args.device), cache, data=args.data)
     cfg = trained.run.train
     valid = evaluate_split(trained.model, trained.dataset, "valid", cfg)
     test = evaluate_split(trained.model, trained.dataset, "test", cfg)
@@ -364,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("evaluate", help="re-evaluate a saved run on valid and test")
     e.add_argument("--run", required=True)
     e.add_argument("--device", default="cpu")
+    e.add_argument("--data", help="the run's dataset at another path (moved since training); it must "
+                   "be the same data: its content hash is checked")
     e.add_argument("--json", action="store_true", help="also print the metrics as JSON")
     e.add_argument("--cache-dir", help="where initial kNN graphs are cached "
                    "(default $LATTICEREC_CACHE or ~/.cache/latticerec)")

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from latticerec.errors import ConfigError
 from latticerec.graphs.ann import as_search
 from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, knn_values, symmetric_normalize
 from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
@@ -130,6 +131,9 @@ class KnnGraphCache:
     :class:`~latticerec.graphs.ann.KnnSearch`), from ``folder`` when it was built before."""
 
     def __init__(self, folder: str | Path | None = None, chunk_size: int | None = None):
+        if folder is not None and not str(folder).strip():
+            raise ConfigError("--cache-dir: an empty path (give a folder, or leave the option out for "
+                              "$LATTICEREC_CACHE or ~/.cache/latticerec)")
         self.folder = Path(folder) if folder is not None else default_cache_dir()
         self.chunk_size = chunk_size
         self.hits = 0

@@ -375,15 +375,22 @@ def same_identity(saved: Any, config: dict) -> bool:
         return False
 
 
-def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cache=None) -> TrainedRun:
+def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cache=None,
+                 data: str | None = None) -> TrainedRun:
     """Rebuild a trained run's model from its config and data with its best weights
-    (``weights_only=True``); refuses data whose content hash differs from the one trained on."""
+    (``weights_only=True``); refuses data whose content hash differs from the one trained on.
+    ``data`` reads the dataset from another path than the one recorded (a moved folder); the same
+    content-hash check applies, so it must be the same data."""
     from latticerec.data.readers import load_dataset
     from latticerec.train.build import build_model
 
     meta = run_dir.read_config()
     run = read_run_config(run_dir, meta)
-    dataset = load_dataset(meta["data"])
+    path = data if data is not None else meta["data"]
+    if data is None and path != "synthetic" and not Path(path).exists():
+        raise RunError(f"{path}: the dataset that {run_dir.file(run_dir.CONFIG)} records is not there "
+                       "(moved or deleted); give its new path with --data")
+    dataset = load_dataset(path)
     saved_hash = meta.get("dataset_hash")
     best = run_dir.load_best(device)
     where = run_dir.file(run_dir.BEST)
@@ -391,7 +398,7 @@ def load_trained(run_dir: RunDir, device: torch.device | str = "cpu", graph_cach
     source, known = ((run_dir.file(run_dir.CONFIG), saved_hash) if saved_hash is not None
                      else (where, best.get("dataset_hash")))
     if known is not None and known != dataset.content_hash():
-        raise RunError(f"{meta['data']}: the data changed since the run in {run_dir.path} was "
+        raise RunError(f"{path}: the data changed since the run in {run_dir.path} was "
                        f"trained (content hash differs from {source.name}'s); its results would "
                        "not be comparable")
     if saved_hash is not None and "dataset_hash" in best and best["dataset_hash"] != saved_hash:
