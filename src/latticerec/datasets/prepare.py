@@ -157,25 +157,6 @@ def write_mapping(path: Path, raw_ids: Iterable, header: str, new_header: str) -
     atomic_write_bytes(path, ("\n".join(lines) + "\n").encode())
 
 
-def check_new_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
-    """Refuse an output folder that would overwrite something: a file, one of the ``inputs``
-    (or a folder holding one), or a folder that already holds files. A missing or empty folder is
-    fine. Returns ``out`` as a :class:`Path`."""
-    out = Path(out)
-    for src in inputs:
-        if src is None:
-            continue
-        src = Path(src).resolve()
-        if out.resolve() == src or out.resolve() in src.parents:
-            raise DataError(f"--out {out}: is or holds the input {src}; write to a new folder")
-    if out.exists() and not out.is_dir():
-        raise DataError(f"--out {out}: is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
-        raise DataError(f"--out {out}: folder already holds files; refusing to overwrite them "
-                        "(choose a new or empty folder)")
-    return out
-
-
 def save_npy(path: Path, array: np.ndarray) -> None:
     """Write a ``.npy`` atomically."""
     buf = io.BytesIO()

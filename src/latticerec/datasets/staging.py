@@ -31,13 +31,31 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from latticerec.datasets.prepare import check_new_folder
 from latticerec.errors import DataError
 from latticerec.io import output_error
 
 INSIDE = "dataset"  # the name part of a partial folder inside an existing --out
 NAME_BYTES = 64  # of --out's name kept in the partial folder's name (a valid name + 30 bytes must fit)
 GRACE_SECONDS = 60.0  # a partial folder younger than this is never judged stale (its lock may be coming)
+
+
+def check_new_folder(out: str | Path, inputs: Iterable[str | Path | None] = ()) -> Path:
+    """Refuse an output folder that would overwrite something: a file, one of the ``inputs``
+    (or a folder holding one), or a folder that already holds files. A missing or empty folder is
+    fine. Returns ``out`` as a :class:`Path`."""
+    out = Path(out)
+    for src in inputs:
+        if src is None:
+            continue
+        src = Path(src).resolve()
+        if out.resolve() == src or out.resolve() in src.parents:
+            raise DataError(f"--out {out}: is or holds the input {src}; write to a new folder")
+    if out.exists() and not out.is_dir():
+        raise DataError(f"--out {out}: is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()):
+        raise DataError(f"--out {out}: folder already holds files; refusing to overwrite them "
+                        "(choose a new or empty folder)")
+    return out
 
 
 def _stem(name: str) -> str:

@@ -14,7 +14,8 @@ The same model as :mod:`latticerec.data.synthetic` (content predicts behaviour),
 Memory is bounded by the block sizes, never by the catalogue: features are written block by block
 into a memory-mapped ``.npy`` (``items x d`` floats on disk, ``block_items x d`` in memory), users are
 generated ``block_users`` at a time (their ``block_users x C`` preferences), and interactions are
-streamed as text. Every file is written to a temporary name and renamed when complete.
+streamed as text. The folder is built hidden and published when complete
+(:func:`~latticerec.datasets.staging.staged_folder`).
 """
 
 from __future__ import annotations

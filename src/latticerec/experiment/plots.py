@@ -12,7 +12,6 @@ from pathlib import Path
 
 from latticerec.errors import LatticeRecError
 
-CURVES = "curves.png"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -70,7 +69,7 @@ def write_curves(run: str | Path, out: str | Path | None = None) -> Path | None:
     from latticerec.train.rundir import RunDir
 
     run_dir = RunDir(run)
-    target = check_png_target(Path(out), run_dir) if out is not None else run_dir.file(CURVES)
+    target = check_png_target(Path(out), run_dir) if out is not None else run_dir.file(run_dir.CURVES)
     metrics = run_dir.read_metrics()
     history = metrics.get("history")
     if not isinstance(history, list) or not all(isinstance(r, dict) and _number(r.get("epoch"))

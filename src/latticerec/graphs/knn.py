@@ -214,6 +214,11 @@ def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.T
     return GradCSR(csr, vals) if vals.requires_grad else csr
 
 
+class NonFiniteFeatures(ValueError):
+    """The features of a kNN graph hold NaN or infinite values (their rows' neighbours would be
+    arbitrary); a caller that knows why (a diverged projection) catches it to say so."""
+
+
 def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, normalize: bool = True,
              progress: bool = False, backend: str | KnnSearch = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1-3 as an ``(N, k)`` neighbour list and its values: the top-k cosine neighbours of every
@@ -227,8 +232,9 @@ def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, norm
     finite = torch.isfinite(features.detach()).all(dim=1)
     if not bool(finite.all()):
         bad = (~finite).nonzero().flatten()
-        raise ValueError(f"features hold NaN or infinite values in {bad.numel()} of {features.shape[0]} rows "
-                         f"(first: row {int(bad[0])}); a kNN graph of them would be meaningless")
+        raise NonFiniteFeatures(f"features hold NaN or infinite values in {bad.numel()} of "
+                                f"{features.shape[0]} rows (first: row {int(bad[0])}); a kNN graph of "
+                                "them would be meaningless")
     neighbours = knn_indices(features, k, chunk_size, progress, search)
     values = knn_values(features, neighbours, relu=search.relu)
     return neighbours, symmetric_normalize(neighbours, values) if normalize else values

@@ -31,7 +31,14 @@ from torch import nn
 
 from latticerec.errors import ConfigError, TrainingError
 from latticerec.graphs.ann import as_search
-from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, skip_connection, weighted_spmm
+from latticerec.graphs.knn import (
+    KnnSearch,
+    NonFiniteFeatures,
+    dense_rows_to_csr,
+    knn_rows,
+    skip_connection,
+    weighted_spmm,
+)
 from latticerec.graphs.normalize import symmetric_values
 from latticerec.graphs.sparse import ConstantCSR, GradCSR, compact_indices, row_indices, transpose_csr
 from latticerec.models.backbones import Backbone
@@ -135,11 +142,12 @@ class LatentStructure(nn.Module):
                 self._constant[m] = ConstantCSR.of(dense_rows_to_csr(nbr_buf, val_buf))
             return self._constant[m]
         with torch.set_grad_enabled(with_grad):
-            x = self.projected(m)
-            if not bool(torch.isfinite(x.detach()).all()):  # diverged: say so, not "bad features"
+            try:
+                nbr, val = knn_rows(self.projected(m), self.knn_k, normalize=self.normalize_learned,
+                                    backend=self.search)
+            except NonFiniteFeatures:  # the projections diverged: say so, not "bad features"
                 raise TrainingError(f"modality {m}: the projections of the learned graph (eq. 4) became NaN "
-                                    "or infinite; lower lr or raise reg")
-            nbr, val = knn_rows(x, self.knn_k, normalize=self.normalize_learned, backend=self.search)
+                                    "or infinite; lower lr or raise reg") from None
         nbr_buf.copy_(nbr)
         val_buf.copy_(val.detach())
         self._constant.pop(m, None)
