@@ -33,34 +33,35 @@ def _fail_late(monkeypatch, module):
     monkeypatch.setattr(module, "atomic_write_json", boom)
 
 
-def _builders(tmp_path):
-    raw = write_raw(tmp_path / "raw")
+def _builder(name, tmp_path):
+    """``(module, build)`` for one builder, with only its own input made."""
+    if name == "synth":
+        return synth, lambda out: synth.write_synthetic(out, n_users=30, n_items=40, n_interactions=300,
+                                                        dims={"image": 4})
+    if name == "import-recbole":
+        inter = tmp_path / "rb" / "toy.inter"
+        inter.parent.mkdir()
+        inter.write_text("user_id:token\titem_id:token\n" + "".join(
+            f"{u}\t{i}\n" for u in range(12) for i in range(u % 4, u % 4 + 12)))
+        return recbole, lambda out: recbole.import_recbole(inter, out, progress=False)
+    if name == "build-amazon":
+        raw = write_raw(tmp_path / "raw")
+        return amazon, lambda out: amazon.build_amazon(raw["reviews"], out, images=raw["images"], core=3,
+                                                       text_model=None, max_bad=5, progress=False,
+                                                       log=lambda m: None)
     source = make_synthetic(n_users=120, n_items=80, seed=3)
-    inter = tmp_path / "rb" / "toy.inter"
-    inter.parent.mkdir()
-    inter.write_text("user_id:token\titem_id:token\n" + "".join(
-        f"{u}\t{i}\n" for u in range(12) for i in range(u % 4, u % 4 + 12)))
-    return {
-        "synth": (synth, lambda out: synth.write_synthetic(out, n_users=30, n_items=40, n_interactions=300,
-                                                           dims={"image": 4})),
-        "import-recbole": (recbole, lambda out: recbole.import_recbole(inter, out, progress=False)),
-        "build-amazon": (amazon, lambda out: amazon.build_amazon(raw["reviews"], out, images=raw["images"],
-                                                                 core=3, text_model=None, max_bad=5,
-                                                                 progress=False, log=lambda m: None)),
-        "cold-start": (coldstart, lambda out: coldstart.cold_start_split(source, out, seed=1)),
-        "inductive": (coldstart, lambda out: coldstart.inductive_cold_start_split(source, out, seed=1)),
-    }
+    split = coldstart.cold_start_split if name == "cold-start" else coldstart.inductive_cold_start_split
+    return coldstart, lambda out: split(source, out, seed=1)
 
 
 @pytest.mark.parametrize("builder", ["synth", "import-recbole", "build-amazon", "cold-start", "inductive"])
 def test_a_late_failure_leaves_no_folder_and_no_partial_files(builder, tmp_path, monkeypatch):
-    module, build = _builders(tmp_path)[builder]
-    before = set((tmp_path / "outputs").iterdir()) if (tmp_path / "outputs").exists() else set()
-    (tmp_path / "outputs").mkdir(exist_ok=True)
+    module, build = _builder(builder, tmp_path)
+    (tmp_path / "outputs").mkdir()
     _fail_late(monkeypatch, module)
     with pytest.raises(OSError, match="No space left"):
         build(tmp_path / "outputs" / "ds")
-    assert set((tmp_path / "outputs").iterdir()) == before  # not ds, not .ds.<random>.partial
+    assert list((tmp_path / "outputs").iterdir()) == []  # not ds, not .ds.<random>.partial
     monkeypatch.undo()
     build(tmp_path / "outputs" / "ds")  # the same call succeeds once the cause is gone
     out = tmp_path / "outputs" / "ds"
