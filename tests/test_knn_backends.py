@@ -196,3 +196,18 @@ def test_real_features_recall_tiktok():
     truth = knn_indices(x, 10)
     for backend in ("faiss-hnsw", "faiss-ivf"):
         assert recall(knn_indices(x, 10, backend=backend), truth) >= 0.9
+
+
+@pytest.mark.parametrize("backend", ANN)
+def test_numpy_integers_are_accepted_by_every_backend(backend):
+    # k and the index parameters pass the integer checks as numpy integers (a k read from an array,
+    # a config parsed by numpy); faiss's bindings refuse them, so they must reach it as int
+    x, _ = clustered(12, 5)
+    want = knn_indices(x, 5)
+    assert torch.equal(knn_indices(x, np.int64(5), backend=backend), want)
+    params = {"faiss-flat": {},
+              "faiss-hnsw": {"hnsw_m": np.int64(8), "hnsw_efc": np.int32(40), "hnsw_ef": np.int64(20)},
+              "faiss-ivf": {"ivf_nlist": np.int64(1), "ivf_nprobe": np.int64(1)}}[backend]
+    search = KnnSearch(backend, **params)
+    assert all(type(getattr(search, name)) is int for name in params)
+    assert torch.equal(knn_indices(x, 5, backend=search), want)

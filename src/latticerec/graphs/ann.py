@@ -63,6 +63,7 @@ class KnnSearch:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise ValueError(f"knn_{name} must be an integer, got {value!r}")
+            object.__setattr__(self, name, int(value))  # faiss's bindings refuse numpy integers
         for name in ("auto_items", "hnsw_efc", "hnsw_ef", "ivf_nprobe"):
             if getattr(self, name) < 1:
                 raise ValueError(f"knn_{name} must be >= 1, got {getattr(self, name)}")

@@ -138,6 +138,7 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     n = features.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"knn k must be an integer, got {k!r}")
+    k = int(k)  # faiss's bindings refuse numpy integers
     if not 1 <= k <= n:
         raise ValueError(f"knn k={k} must lie in [1, number of items = {n}]")
     x = F.normalize(features.detach().float(), dim=1)
