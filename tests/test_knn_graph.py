@@ -9,6 +9,7 @@ import torch
 
 from latticerec.graphs.cache import KnnGraphCache
 from latticerec.graphs.knn import (
+    NonFiniteFeatures,
     knn_graph,
     knn_indices,
     pairs_graph,
@@ -118,6 +119,28 @@ def test_non_finite_features_are_a_clear_error(bad):
     x.requires_grad_(True)  # the learned graphs pass features with gradients
     with pytest.raises(ValueError, match="first: row 4"):
         knn_graph(x, 2)
+
+
+@pytest.mark.parametrize("backend", ["exact", "faiss-flat", "faiss-ivf"])
+def test_features_a_graph_cannot_be_built_of_are_clear_errors(backend):
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(0))
+    nan = x.clone()
+    nan[7, 2] = float("nan")  # knn_indices (public, used by serve) checks too, not only knn_rows
+    with pytest.raises(NonFiniteFeatures, match=r"NaN or infinite values in 1 of 50 rows \(first: row 7\)"):
+        knn_indices(nan, 2, backend=backend)
+    # finite values whose float32 norm overflows: F.normalize made such rows 0 (a silent all-zero
+    # graph), float64 beyond float32's range became inf, then NaN values
+    big = x.clone()
+    big[[3, 9]] *= 1e20
+    with pytest.raises(NonFiniteFeatures, match=r"too large in 2 of 50 rows \(first: row 3,"):
+        knn_graph(big, 2, backend=backend)
+    with pytest.raises(NonFiniteFeatures, match="first: row 0"):
+        knn_graph(x.double() * 1e40, 2, backend=backend)
+    assert torch.equal(knn_indices(x * 1e18, 2, backend=backend), knn_indices(x, 2, backend=backend))
+    # no columns (faiss-ivf died of a floating point exception) or not a matrix
+    for shape in ((50, 0), (50,)):
+        with pytest.raises(ValueError, match=r"2-D \(items x dims\) matrix with at least one column"):
+            knn_indices(torch.zeros(shape), 2, backend=backend)
 
 
 def test_gradients_flow_through_the_graph_values_to_the_features():

@@ -125,6 +125,33 @@ def _complete(x: torch.Tensor, ids: torch.Tensor, k: int, chunk_size: int | None
     return ids.sort(dim=1).values
 
 
+class NonFiniteFeatures(ValueError):
+    """The features of a kNN graph hold NaN or infinite values, or values so large that a row's
+    norm overflows float32 (their rows' neighbours would be arbitrary, their values 0 or NaN); a
+    caller that knows why (a diverged projection) catches it to say so."""
+
+
+def _check_features(features: torch.Tensor) -> None:
+    """A 2-D matrix with at least one column whose rows have a finite float32 norm (the norm eq. 1
+    divides by), else a ``ValueError`` / :class:`NonFiniteFeatures` naming the first bad row. One
+    ``O(N d)`` reduction, no ``N x d`` temporary for float32 features."""
+    if features.ndim != 2 or features.shape[1] == 0:
+        raise ValueError("features must be a 2-D (items x dims) matrix with at least one column, got "
+                         f"shape {tuple(features.shape)}")
+    norms = torch.linalg.vector_norm(features.detach().float(), dim=1)
+    bad = (~torch.isfinite(norms)).nonzero().flatten()
+    if not bad.numel():
+        return
+    n = features.shape[0]
+    nonfinite = bad[~torch.isfinite(features.detach()[bad]).all(dim=1)]
+    if nonfinite.numel():
+        raise NonFiniteFeatures(f"features hold NaN or infinite values in {nonfinite.numel()} of {n} rows "
+                                f"(first: row {int(nonfinite[0])}); a kNN graph of them would be meaningless")
+    raise NonFiniteFeatures(f"features are too large in {bad.numel()} of {n} rows (first: row {int(bad[0])}, "
+                            f"largest |value| {float(features.detach()[bad[0]].abs().max()):.3g}): their "
+                            "float32 norm overflows; rescale them")
+
+
 @torch.no_grad()
 def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
                 progress: bool = False, backend: str | KnnSearch = "exact") -> torch.Tensor:
@@ -135,6 +162,7 @@ def knn_indices(features: torch.Tensor, k: int, chunk_size: int | None = None,
     similarity 0 to everything and get the k lowest indices.
     """
     search = as_search(backend)
+    _check_features(features)
     n = features.shape[0]
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise ValueError(f"knn k must be an integer, got {k!r}")
@@ -215,11 +243,6 @@ def dense_rows_to_csr(neighbours: torch.Tensor, values: torch.Tensor) -> torch.T
     return GradCSR(csr, vals) if vals.requires_grad else csr
 
 
-class NonFiniteFeatures(ValueError):
-    """The features of a kNN graph hold NaN or infinite values (their rows' neighbours would be
-    arbitrary); a caller that knows why (a diverged projection) catches it to say so."""
-
-
 def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, normalize: bool = True,
              progress: bool = False, backend: str | KnnSearch = "exact") -> tuple[torch.Tensor, torch.Tensor]:
     """Eq. 1-3 as an ``(N, k)`` neighbour list and its values: the top-k cosine neighbours of every
@@ -228,14 +251,6 @@ def knn_rows(features: torch.Tensor, k: int, chunk_size: int | None = None, norm
     compares every pair in row chunks, the faiss backends search an index (module docstring); the
     values are the exact, differentiable similarities of the chosen pairs either way."""
     search = as_search(backend)
-    if features.ndim != 2:
-        raise ValueError(f"features must be a 2-D (items x dims) matrix, got shape {tuple(features.shape)}")
-    finite = torch.isfinite(features.detach()).all(dim=1)
-    if not bool(finite.all()):
-        bad = (~finite).nonzero().flatten()
-        raise NonFiniteFeatures(f"features hold NaN or infinite values in {bad.numel()} of "
-                                f"{features.shape[0]} rows (first: row {int(bad[0])}); a kNN graph of "
-                                "them would be meaningless")
     neighbours = knn_indices(features, k, chunk_size, progress, search)
     values = knn_values(features, neighbours, relu=search.relu)
     return neighbours, symmetric_normalize(neighbours, values) if normalize else values
