@@ -137,6 +137,16 @@ def test_features_a_graph_cannot_be_built_of_are_clear_errors(backend):
     with pytest.raises(NonFiniteFeatures, match="first: row 0"):
         knn_graph(x.double() * 1e40, 2, backend=backend)
     assert torch.equal(knn_indices(x * 1e18, 2, backend=backend), knn_indices(x, 2, backend=backend))
+    # non-zero rows of a norm below F.normalize's eps 1e-12 were divided by the eps, not their norm:
+    # dot products, not cosines, a silently different graph (rows of zeros stay allowed)
+    tiny = x.clone()
+    tiny[[5, 8]] *= 1e-14
+    tiny[2] = 0.0
+    with pytest.raises(ValueError, match=r"too small in 2 of 50 rows \(first: row 5, norm"):
+        knn_graph(tiny, 2, backend=backend)
+    with pytest.raises(ValueError, match="too small in 50 of 50 rows"):  # 0 in float32, not a zero row
+        knn_indices(x.double() * 1e-50, 2, backend=backend)
+    assert torch.equal(knn_indices(x * 1e-10, 2, backend=backend), knn_indices(x, 2, backend=backend))
     # no columns (faiss-ivf died of a floating point exception) or not a matrix
     for shape in ((50, 0), (50,)):
         with pytest.raises(ValueError, match=r"2-D \(items x dims\) matrix with at least one column"):

@@ -50,6 +50,8 @@ __all__ = ["BACKENDS", "KnnSearch", "dense_rows_to_csr", "knn_graph", "knn_indic
 # a GPU wants large blocks. No block holds more than MAX_CHUNK_FLOATS (256 MB) whatever the device.
 CHUNK_FLOATS = {"cpu": 2 * 2**20, "cuda": 64 * 2**20}
 MAX_CHUNK_FLOATS = 64 * 2**20
+# F.normalize's eps: a row of a smaller norm is divided by it, not by its norm (not unit length)
+NORM_EPS = 1e-12
 
 
 def _chunk_rows(n: int, chunk_size: int | None, device: torch.device | str = "cpu") -> int:
@@ -133,16 +135,24 @@ class NonFiniteFeatures(ValueError):
 
 def _check_features(features: torch.Tensor) -> None:
     """A 2-D matrix with at least one column whose rows have a finite float32 norm (the norm eq. 1
-    divides by), else a ``ValueError`` / :class:`NonFiniteFeatures` naming the first bad row. One
-    ``O(N d)`` reduction, no ``N x d`` temporary for float32 features."""
+    divides by) of at least :data:`NORM_EPS` or are rows of zeros, else a ``ValueError`` /
+    :class:`NonFiniteFeatures` naming the first bad row. One ``O(N d)`` reduction, no ``N x d``
+    temporary for float32 features."""
     if features.ndim != 2 or features.shape[1] == 0:
         raise ValueError("features must be a 2-D (items x dims) matrix with at least one column, got "
                          f"shape {tuple(features.shape)}")
     norms = torch.linalg.vector_norm(features.detach().float(), dim=1)
+    n = features.shape[0]
+    small = (norms < NORM_EPS).nonzero().flatten()  # rows of zeros (allowed) or tiny non-zero rows
+    small = small[(features.detach()[small] != 0).any(dim=1)]
+    if small.numel():
+        first = int(small[0])
+        raise ValueError(f"features are too small in {small.numel()} of {n} rows (first: row {first}, norm "
+                         f"{float(norms[first]):.3g} < {NORM_EPS:g}): eq. 1's normalisation would not make "
+                         "them unit length (their graph would not be a cosine one); rescale them")
     bad = (~torch.isfinite(norms)).nonzero().flatten()
     if not bad.numel():
         return
-    n = features.shape[0]
     nonfinite = bad[~torch.isfinite(features.detach()[bad]).all(dim=1)]
     if nonfinite.numel():
         raise NonFiniteFeatures(f"features hold NaN or infinite values in {nonfinite.numel()} of {n} rows "
