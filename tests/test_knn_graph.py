@@ -91,14 +91,19 @@ def test_negative_similarities_are_suppressed_to_zero():
     assert torch.allclose(g.diagonal(), torch.ones(3))
 
 
-def test_ties_go_to_the_lower_index_deterministically():
+def test_ties_go_to_the_lower_index_deterministically_and_each_item_keeps_itself():
     base = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     x = base[[0, 0, 0, 0, 1, 1]]  # items 0-3 identical, 4-5 identical
     nbr = knn_indices(x, 2)
-    assert nbr[:4].tolist() == [[0, 1]] * 4
+    # more identical rows than k: the lower ids win the tie, but the item itself stays (eq. 1:
+    # S_ii = 1), in place of its largest id, as the ANN backends keep it
+    assert nbr[:4].tolist() == [[0, 1], [0, 1], [0, 2], [0, 3]]
     assert nbr[4:].tolist() == [[4, 5]] * 2
     for chunk in (1, 3):
         assert torch.equal(knn_indices(x, 2, chunk_size=chunk), nbr)
+    for backend in ("faiss-flat", "faiss-hnsw", "faiss-ivf"):
+        ann = knn_indices(x, 2, backend=backend)
+        assert all(i in row for i, row in enumerate(ann.tolist())), backend
 
 
 def test_bad_k_is_a_clear_error():

@@ -31,7 +31,7 @@ from latticerec.graphs.ann import as_search
 from latticerec.graphs.knn import KnnSearch, dense_rows_to_csr, knn_rows, knn_values, symmetric_normalize
 from latticerec.io import atomic_write_bytes, check_writable, remove_stale_temps
 
-CACHE_VERSION = "knn-v1"  # bump when the graph construction changes
+CACHE_VERSION = "knn-v2"  # bump when the graph construction changes (v2: every item keeps itself)
 STALE_TEMP_SECONDS = 3600.0  # a temporary file this old belongs to a killed write
 
 

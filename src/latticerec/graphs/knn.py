@@ -106,7 +106,21 @@ def _exact_rows(x: torch.Tensor, rows: torch.Tensor, k: int, chunk_size: int | N
                       disable=None)
     for start in starts:
         out[start:start + step] = _topk_deterministic(x[rows[start:start + step]] @ x.T, k)
-    return out
+    return _own_included(x, rows, out)
+
+
+def _own_included(x: torch.Tensor, rows: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Exact rows (columns ascending) with the item itself in every non-zero row (eq. 1: ``S_ii = 1``,
+    the largest similarity): a row lacks itself only when more than ``k`` rows are identical to it
+    (all at similarity 1, ties to the lower index), and then gets itself in place of its largest id,
+    as an ANN row that misses itself does (:func:`_complete`). Columns ascending."""
+    nonzero = torch.linalg.vector_norm(x, dim=1)[rows] > 0  # no N x d temporary
+    lacks = ~(ids == rows.unsqueeze(1)).any(dim=1) & nonzero
+    if not bool(lacks.any()):
+        return ids
+    ids = ids.clone()
+    ids[lacks, -1] = rows[lacks]
+    return ids.sort(dim=1).values
 
 
 def _complete(x: torch.Tensor, ids: torch.Tensor, k: int, chunk_size: int | None) -> torch.Tensor:
