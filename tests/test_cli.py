@@ -121,6 +121,18 @@ def test_bad_values_are_clear_errors(extra, msg, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "run").exists()  # refused before anything was written
 
 
+def test_backbone_flag_and_set_backbone_is_an_error(tmp_path, capsys, monkeypatch):
+    """``--backbone ngcf --set backbone=lightgcn`` trained NGCF without a word: refused like
+    ``--epochs`` with ``--set epochs``."""
+    import latticerec.data.readers as readers
+
+    monkeypatch.setattr(readers, "load_dataset", _must_not_load)
+    rc = main(["train", "--model", "lattice", "--data", "synthetic", "--backbone", "ngcf", "--set",
+               "backbone=lightgcn", "--out", str(tmp_path / "run"), "--quiet"])
+    assert rc == 2
+    assert "--backbone ngcf and --set backbone=lightgcn: give the option once" in capsys.readouterr().err
+
+
 def _must_not_load(*args, **kwargs):
     raise AssertionError("the data was loaded before the options were checked")
 

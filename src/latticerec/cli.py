@@ -49,6 +49,9 @@ def _train_overrides(args) -> dict:
     if args.backbone is not None:
         if not getattr(get_model_class(args.model), "wraps_backbone", False):
             raise LatticeRecError(f"--backbone: model {args.model!r} does not wrap a backbone")
+        if "backbone" in given:  # the flag would win silently
+            raise LatticeRecError(f"--backbone {args.backbone} and --set backbone={given['backbone']}: "
+                                  "give the option once")
         overrides["backbone"] = args.backbone
     return overrides
 
