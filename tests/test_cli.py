@@ -97,6 +97,7 @@ BAD_OPTIONS = [
     (["--set", "eval_batch_size=99999999999"], "eval_batch_size must be an integer"),
     (["--set", "embed_dim=1e1"], "embed_dim: expected int, got '1e1'"),
     (["--set", "topk=20,0"], "topk must list positive cut-offs"),
+    (["--set", "topk=10,20,20"], "topk lists a cut-off twice: 10,20,20"),
     (["--set", "patience=true"], "patience: expected int"),
     # a key given twice: the last would win silently
     (["--set", "lr=0.1", "lr=0.2"], "--set lr: given twice (lr=0.1 and lr=0.2)"),

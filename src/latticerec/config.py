@@ -222,6 +222,8 @@ class TrainConfig:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
         if not self.topk or min(self.topk) < 1 or max(self.topk) > 10**6:
             raise ValueError("topk must list positive cut-offs (at most 1000000)")
+        if len(set(self.topk)) != len(self.topk):  # each cut-off's metrics once, one column each
+            raise ValueError(f"topk lists a cut-off twice: {','.join(map(str, self.topk))}")
         if 20 not in self.topk:
             raise ValueError("topk must include 20 (early stopping uses valid Recall@20)")
         for name, allowed in self.CHOICES:
