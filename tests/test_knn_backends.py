@@ -126,6 +126,9 @@ def test_invalid_backend_and_parameters_are_config_errors():
     for key in ("knn_hnsw_ef", "knn_ivf_nprobe", "knn_auto_items"):
         with pytest.raises(ConfigError, match=key):
             resolve_config("micro", {key: "0"})
+    # faiss's efSearch is a C int: a larger one was an OverflowError traceback
+    with pytest.raises(ConfigError, match=r"knn_hnsw_ef must be <= 2\*\*31 - 1, got 2147483648"):
+        resolve_config("lattice", {"knn_backend": "faiss-hnsw", "knn_hnsw_ef": str(2**31)})
     with pytest.raises(ValueError, match="knn_backend 'hnsw'"):
         knn_graph(torch.randn(5, 3), 2, backend="hnsw")
     with pytest.raises(ValueError, match="knn_hnsw_m must be >= 2"):  # faiss's HNSW with M = 1 segfaults

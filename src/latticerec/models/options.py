@@ -27,6 +27,7 @@ from latticerec.graphs.ann import AUTO_ITEMS, KnnSearch
 from latticerec.graphs.fusion import FUSIONS
 
 LATTICE_LAMBDA = 0.9  # LATTICE's skip-connection weight λ (eq. 5)
+FAISS_INT = 2**31 - 1  # faiss's int parameters (efSearch): a larger one is an OverflowError
 
 
 # Tuning search spaces (``latticerec tune``): option -> ("log" | "float", low, high), ("int", low,
@@ -77,6 +78,8 @@ class KnnBackend(_Group):
 
     def __post_init__(self):
         self.knn_search()  # a ValueError naming the option
+        if self.knn_hnsw_ef > FAISS_INT:  # faiss's efSearch is a C int
+            raise ValueError(f"knn_hnsw_ef must be <= 2**31 - 1, got {self.knn_hnsw_ef}")
         super().__post_init__()
 
     def knn_search(self) -> KnnSearch:
