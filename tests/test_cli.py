@@ -157,6 +157,13 @@ def test_config_is_frozen_and_typed():
         make_config(TrainConfig, {"lrr": 1})
     with pytest.raises(ConfigError, match="topk must include 20"):
         make_config(TrainConfig, {"topk": "5,10"})
+    # built in Python, not parsed: a bool is no learning rate, topk a tuple of integers
+    for bad, msg in (({"lr": True}, "lr must be a finite number > 0"),
+                     ({"topk": (20, 10.5)}, "topk must be a tuple of integers"),
+                     ({"topk": (20, True)}, "topk must be a tuple of integers"),
+                     ({"topk": [10, 20]}, "topk must be a tuple of integers")):
+        with pytest.raises(ValueError, match=msg):
+            TrainConfig(**bad)
 
 
 def test_help_texts_are_plain_text(capsys):

@@ -211,7 +211,8 @@ class TrainConfig:
                   ("seed", 0, 2**32 - 1))
 
     def __post_init__(self):
-        if not (isinstance(self.lr, int | float) and math.isfinite(self.lr) and self.lr > 0):
+        if not (isinstance(self.lr, int | float) and not isinstance(self.lr, bool)
+                and math.isfinite(self.lr) and self.lr > 0):
             raise ValueError(f"lr must be a finite number > 0, got {self.lr!r}")
         if not (isinstance(self.rank_tau, int | float) and not isinstance(self.rank_tau, bool)
                 and math.isfinite(self.rank_tau) and 0.01 <= self.rank_tau <= 100):
@@ -220,6 +221,9 @@ class TrainConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                 raise ValueError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+        if not (isinstance(self.topk, tuple)
+                and all(isinstance(k, int) and not isinstance(k, bool) for k in self.topk)):
+            raise ValueError(f"topk must be a tuple of integers, got {self.topk!r}")
         if not self.topk or min(self.topk) < 1 or max(self.topk) > 10**6:
             raise ValueError("topk must list positive cut-offs (at most 1000000)")
         if len(set(self.topk)) != len(self.topk):  # each cut-off's metrics once, one column each
