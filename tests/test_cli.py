@@ -134,6 +134,27 @@ def test_backbone_flag_and_set_backbone_is_an_error(tmp_path, capsys, monkeypatc
     assert "--backbone ngcf and --set backbone=lightgcn: give the option once" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("choice", [["--backbone", "ngcf"], ["--set", "backbone=ngcf"]])
+def test_a_config_file_is_checked_against_the_backbone_chosen_outside_it(tmp_path, capsys, monkeypatch,
+                                                                         choice):
+    """A file of NGCF options with ``--backbone ngcf`` was refused ("unknown option 'mess_dropout'"):
+    the file was checked against the default backbone (LightGCN) before the flag was applied."""
+    import json
+
+    import latticerec.data.readers as readers
+
+    cfg = tmp_path / "ngcf.json"
+    cfg.write_text(json.dumps({"model": "lattice", "options": {"mess_dropout": 0.2}}))
+    monkeypatch.setattr(readers, "load_dataset", _must_not_load)
+    rc = main(["train", "--model", "lattice", "--data", "synthetic", "--config", str(cfg), *choice,
+               "--set", "epochs=0", "--out", str(tmp_path / "run"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "mess_dropout" not in err and "epochs" in err  # past the file, stopped at epochs=0
+    rc = main(["train", "--model", "lattice", "--data", "synthetic", "--config", str(cfg),
+               "--out", str(tmp_path / "run"), "--quiet"])  # without the choice: LightGCN has no such option
+    assert rc == 2 and f"{cfg}: " in capsys.readouterr().err
+
+
 def _must_not_load(*args, **kwargs):
     raise AssertionError("the data was loaded before the options were checked")
 

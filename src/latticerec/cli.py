@@ -37,8 +37,9 @@ def _train_overrides(args) -> dict:
     from latticerec.experiment.optfile import read_options_file
     from latticerec.models.registry import get_model_class
 
-    overrides = read_options_file(args.config, args.model) if args.config else {}
     given = parse_overrides([kv for group in args.set or [] for kv in group])
+    backbone = args.backbone if args.backbone is not None else given.get("backbone")
+    overrides = read_options_file(args.config, args.model, backbone) if args.config else {}
     overrides.update(given)
     for name in ("epochs", "seed", "protocol"):  # parsed and checked with the config, like --set
         if getattr(args, name) is not None:

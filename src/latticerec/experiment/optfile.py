@@ -67,9 +67,12 @@ def _read(path: Path) -> dict[str, Any]:
     return data
 
 
-def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
+def read_options_file(path: str | Path, model: str, backbone: str | None = None) -> dict[str, Any]:
     """The ``options`` of ``path`` for ``model``, checked against the model's configs (an unknown
-    key or a bad value is a :class:`ConfigError` that names the file)."""
+    key or a bad value is a :class:`ConfigError` that names the file). ``backbone``: the backbone
+    the run wraps when it is chosen outside the file (``train --backbone``): the file's options are
+    checked against that backbone's, not the default's."""
+    from latticerec.models.registry import BACKBONES
     from latticerec.train.build import resolve_config
 
     path = Path(path)
@@ -79,8 +82,9 @@ def read_options_file(path: str | Path, model: str) -> dict[str, Any]:
     options = data.get("options", {})
     if not isinstance(options, dict):
         raise ConfigError(f"{path}: 'options' must be a table of option = value")
+    checked = {**options, "backbone": backbone} if backbone in BACKBONES else options
     try:
-        resolve_config(model, options)
+        resolve_config(model, checked)
     except ConfigError as exc:
         raise ConfigError(f"{path}: {exc}") from None
     return dict(options)
