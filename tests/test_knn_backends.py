@@ -214,3 +214,13 @@ def test_numpy_integers_are_accepted_by_every_backend(backend):
     search = KnnSearch(backend, **params)
     assert all(type(getattr(search, name)) is int for name in params)
     assert torch.equal(knn_indices(x, 5, backend=search), want)
+
+
+def test_ivf_on_a_small_catalogue_prints_nothing(capfd):
+    """faiss printed "WARNING clustering 30 points to 1 centroids" on stderr at every IVF build of a
+    catalogue under 39 items per cell, each epoch's re-learned graphs included; same neighbours."""
+    x = torch.randn(30, 8, generator=torch.Generator().manual_seed(0))
+    nbr = knn_indices(x, 3, backend="faiss-ivf")
+    out, err = capfd.readouterr()
+    assert "WARNING" not in out + err
+    assert torch.equal(nbr, knn_indices(x, 3, backend="exact"))  # one cell: an exhaustive search

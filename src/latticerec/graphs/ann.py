@@ -118,6 +118,9 @@ def _index(x: np.ndarray, method: str, search: KnnSearch, k: int):
         nlist = search.nlist(n)
         index = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed, index.cp.niter = 0, IVF_NITER
+        # faiss only warns below this many training rows per cell (a small catalogue, or each
+        # epoch's re-learned graph of one) on stderr; the clustering is the same without it
+        index.cp.min_points_per_centroid = 1
         rows = np.random.default_rng(0).choice(n, min(n, IVF_TRAIN_PER_LIST * nlist), replace=False)
         index.train(x[np.sort(rows)])
         index.nprobe = min(search.ivf_nprobe, nlist)
