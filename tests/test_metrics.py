@@ -176,3 +176,25 @@ def test_fit_with_eval_users_reports_the_sample(blocks):
     assert result["eval_users"] == 10
     full = resolve_config("mf", {"embed_dim": "8", "epochs": "2"})
     assert "eval_users" not in fit(build_model(full, blocks), blocks, full.train, progress=False)
+
+
+def test_rank_top_k_reuses_one_score_block_and_equals_a_brute_force_ranking():
+    """The score block is reused across batches (one allocation per call): every batch's lists,
+    kept after later batches overwrote the block, equal a brute-force ranking with the training
+    items masked and only the candidates ranked; representations that require grad are fine."""
+    from latticerec.evaluate.ranking import rank_top_k
+
+    g = torch.Generator().manual_seed(0)
+    users, items = torch.randn(23, 6, generator=g, requires_grad=True), torch.randn(30, 6, generator=g)
+    train = sp.random(23, 30, density=0.2, format="csr", random_state=3)
+    candidates = np.arange(0, 30, 2)
+    out = list(rank_top_k(users, items, np.arange(23), 5, exclude=[train], batch_size=7,
+                          candidates=candidates))
+    assert [len(b) for b, _, _ in out] == [7, 7, 7, 2]
+    scores = (users @ items.T).detach().numpy()
+    scores[train.nonzero()] = -np.inf
+    scores[:, np.setdiff1d(np.arange(30), candidates)] = -np.inf
+    for batch, top_items, top_scores in out:
+        expect = np.argsort(-scores[batch], axis=1, kind="stable")[:, :5]
+        assert np.array_equal(top_items.numpy(), expect)
+        assert np.allclose(top_scores.numpy(), np.take_along_axis(scores[batch], expect, axis=1))

@@ -70,12 +70,21 @@ def rank_top_k(user_repr: torch.Tensor, item_repr: torch.Tensor, users: np.ndarr
         allowed[torch.as_tensor(candidates, device=device)] = 0.0
     k = min(k, item_repr.shape[0])
     step = score_rows(batch_size, item_repr.shape[0])
+    # one score block reused for every batch: a fresh block per batch cost more than the product
+    # itself on CPU (first touch of its pages; docs/speed.md, session 22)
+    block = None
     for start in range(0, len(users), step):
         batch = users[start: start + step]
         batch_t = torch.as_tensor(batch, device=device)
-        scores = user_repr[batch_t] @ item_repr.T if score_fn is None else score_fn(batch_t).float()
+        if score_fn is None:
+            if block is None:
+                block = item_repr.new_empty((min(step, len(users)), item_repr.shape[0]))
+            with torch.no_grad():
+                scores = torch.matmul(user_repr[batch_t], item_repr.T, out=block[:len(batch)])
+        else:
+            scores = score_fn(batch_t).float()
         if allowed is not None:
-            scores = scores + allowed
+            scores += allowed
         for mat in exclude:
             r, c = _batch_coords(mat, batch)
             scores[torch.as_tensor(r, device=device), torch.as_tensor(c, device=device)] = float("-inf")
