@@ -116,7 +116,8 @@ def serve_arguments(s: argparse.ArgumentParser) -> argparse.ArgumentParser:
     s.add_argument("--hnsw-ef-search", type=positive_int, default=128,
                    help="HNSW search breadth (at least 2 (k + seen items) is used)")
     s.add_argument("--hnsw-target-recall", type=fraction, default=None, metavar="R",
-                   help="double efSearch at start-up until recall@20 on 200 users reaches R")
+                   help="at start-up, the smallest efSearch (doubled until it does, then bisected) whose "
+                   "recall@20 on 200 users reaches R")
     s.add_argument("--log-level", default="warning", choices=("critical", "error", "warning", "info"))
     s.set_defaults(func=cmd_serve)
     return s
