@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import stat
 import subprocess
 import sys
 import threading
@@ -87,6 +89,19 @@ def test_export_refuses_to_overwrite(exported, tmp_path, capsys):
     assert main(["export", "--run", str(run), "--out", str(out), "--overwrite"]) == 0
     assert not (out / "added_items.json").exists()
     load_model_dir(out)
+
+
+def test_an_exported_folder_has_the_umask_mode_like_its_files(exported, tmp_path):
+    """export's folder was 0700 (mkdtemp) while its files were 0644 under the same umask: another
+    account could not serve it."""
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "shared-model"
+        assert main(["export", "--run", str(exported["root"] / "lightgcn-run"), "--out", str(out)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o755
+    assert stat.S_IMODE((out / "manifest.json").stat().st_mode) == 0o644
 
 
 def test_cb_export_has_its_fold_in(exported):

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,7 +88,10 @@ def write_model_dir(art: ModelArtifact, out_dir: str | Path, card: str, overwrit
         if str(arr.dtype) not in DTYPES:
             raise ArtifactError(f"array {name!r}: dtype {arr.dtype} is not one of {', '.join(DTYPES)}")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # a plain mkdir (the umask's mode, like the files inside), not mkdtemp's 0700: a model folder is
+    # served by whoever may read it, often another account than the one that exported it
+    tmp = out.parent / f".{out.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    tmp.mkdir()
     try:
         arrays = {k: np.ascontiguousarray(v) for k, v in art.arrays().items()}
         atomic_write_bytes(tmp / ARRAYS, st_save(arrays))
