@@ -193,6 +193,9 @@ def test_health_and_page(exported):
     assert "Add an item" in page.text
     assert c.get("/users?limit=3").json() == {"users": ["u0", "u1", "u2"]}
     assert c.get("/users?prefix=u1&limit=2").json() == {"users": ["u1", "u10"]}
+    wrong = c.delete("/items")  # a method the path does not take: JSON 405, as docs/serving.md lists
+    assert wrong.status_code == 405 and wrong.json() == {"error": "Method Not Allowed"}
+    assert c.get("/no-such-path").status_code == 404
 
 
 def test_user_recommendations_are_the_exact_top_k(exported):
