@@ -109,14 +109,18 @@ def test_encode_text_refuses_to_overwrite_and_checks_its_options(tmp_path, capsy
     assert np.load(out / "text_feat.npy").shape == (2, 4) and calls == [2]
 
 
-def test_encode_ml100k_offline_aligned_and_trainable(tmp_path, monkeypatch):
+def test_encode_ml100k_offline_aligned_and_trainable(tmp_path, monkeypatch, capfd):
+    from latticerec.datasets.encode import load_text_model
+
     _need_model()
     src = shared_dataset("ml-100k")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     out = tmp_path / "ml"
     assert main(["data", "import-recbole", str(src), "--out", str(out), "--quiet"]) == 0
+    load_text_model.cache_clear()  # the model is loaded here, as a fresh `encode-text --quiet` does
     assert main(["data", "encode-text", str(out / "ml-100k.item"), "--out", str(out), "--quiet",
                  "--batch-size", "128"]) == 0
+    assert "Loading weights" not in capfd.readouterr().err  # --quiet: no progress bar, loading included
     feat = np.load(out / "text_feat.npy")
     assert feat.shape == (1682, 384) and feat.dtype == np.float32 and np.isfinite(feat).all()
     # deterministic: encoding the same texts again gives the same rows, bit for bit

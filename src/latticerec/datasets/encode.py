@@ -43,8 +43,9 @@ def resolve_model(name: str) -> str:
 
 
 @lru_cache(maxsize=2)
-def load_text_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
-    """Load (once per process) a sentence-transformers model by packaged name, path or hub name."""
+def load_text_model(name: str = DEFAULT_MODEL, device: str = "cpu", progress: bool = True):
+    """Load (once per process) a sentence-transformers model by packaged name, path or hub name;
+    without ``progress``, transformers' "Loading weights" bar is not drawn (``--quiet``)."""
     where = resolve_model(name)
     if Path(where).exists():
         os.environ["HF_HUB_OFFLINE"] = "1"
@@ -52,12 +53,20 @@ def load_text_model(name: str = DEFAULT_MODEL, device: str = "cpu"):
         from sentence_transformers import SentenceTransformer
     except ImportError:
         raise DataError(f"encoding text needs sentence-transformers: {INSTALL_HINT}") from None
+    from transformers.utils import logging as hf_logging
+
+    bar = hf_logging.is_progress_bar_enabled()
+    if not progress:
+        hf_logging.disable_progress_bar()
     try:
         model = SentenceTransformer(where, device=device)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one clear message
         raise DataError(f"cannot load text model {name!r} ({where}): {type(exc).__name__}: {exc}. "
                         "Give a local model folder, or a name already in the Hugging Face cache when "
                         "offline") from None
+    finally:
+        if bar and not progress:
+            hf_logging.enable_progress_bar()
     model.eval()
     return model
 
@@ -67,7 +76,7 @@ def encode_texts(texts: list[str], model_name: str = DEFAULT_MODEL, batch_size: 
     """``(len(texts), d)`` float32 embeddings, in input order."""
     import torch
 
-    model = load_text_model(model_name, device)
+    model = load_text_model(model_name, device, progress)
     with torch.inference_mode():
         emb = model.encode(list(texts), batch_size=batch_size, show_progress_bar=progress,
                            convert_to_numpy=True, normalize_embeddings=False)
