@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
+from latticerec.errors import DataError
 from latticerec.train.sampling import BPRSampler, UserUniformSampler, sample_negatives
 
 
@@ -109,3 +110,15 @@ def test_user_uniform_draws_with_replacement_beyond_the_active_users():
     assert train.toarray()[users, pos].all()
     with pytest.raises(ValueError, match="no interactions"):
         UserUniformSampler(sp.csr_matrix((3, 4)))
+
+
+def test_nearly_full_user_gets_its_one_negative_and_a_full_user_is_named():
+    # user 0 has 1999 of 2000 items: 100 uniform redraws rarely hit the free one, yet it exists
+    n = 2000
+    keys = np.sort(np.delete(np.arange(n), 1234))
+    neg = sample_negatives(np.zeros(20, np.int64), keys, n, np.random.default_rng(0))
+    assert (neg == 1234).all()
+    # user 1 has every item (12 training pairs): a DataError naming the user, not "12 users"
+    keys = np.sort(np.concatenate([[0, 5], n + np.arange(n)]))
+    with pytest.raises(DataError, match=r"user 1 has a training interaction with every item \(all 2000\)"):
+        sample_negatives(np.array([0] + [1] * 12), keys, n, np.random.default_rng(0))

@@ -18,13 +18,16 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
+from latticerec.errors import DataError
+
 
 def sample_negatives(users: np.ndarray, train_keys: np.ndarray, n_items: int,
                      rng: np.random.Generator, max_rounds: int = 100) -> np.ndarray:
     """One uniform negative item per user, never in the user's training items.
 
     ``train_keys`` is the sorted array ``user * n_items + item`` of training pairs. Collisions are
-    redrawn together until none remains; a user who has interacted with every item is an error.
+    redrawn together; after ``max_rounds`` the few left (users with almost every item) draw among
+    their free items exactly. A user who has interacted with every item is a :class:`DataError`.
     """
     neg = rng.integers(0, n_items, size=len(users))
     todo = np.arange(len(users))
@@ -37,10 +40,18 @@ def sample_negatives(users: np.ndarray, train_keys: np.ndarray, n_items: int,
         if todo.size == 0:
             return neg
         neg[todo] = rng.integers(0, n_items, size=todo.size)
-    raise ValueError(
-        f"could not sample negatives for {todo.size} users after {max_rounds} rounds: "
-        "they have interacted with (almost) every item"
-    )
+    for user in np.unique(users[todo]):
+        lo, hi = np.searchsorted(train_keys, [user * n_items, (user + 1) * n_items])
+        free = np.setdiff1d(np.arange(n_items), train_keys[lo:hi] - user * n_items, assume_unique=True)
+        if free.size == 0:
+            raise DataError(
+                f"user {user} has a training interaction with every item (all {n_items}): "
+                "no negative item is left to sample for BPR (move some of them to valid/test or "
+                "drop the user)"
+            )
+        rows = todo[users[todo] == user]
+        neg[rows] = rng.choice(free, size=rows.size)
+    return neg
 
 
 class BPRSampler:
