@@ -203,3 +203,11 @@ def test_a_diverged_learned_graph_is_a_training_error_with_the_hint(tmp_path, ca
     err = capsys.readouterr().err
     assert "the projections of the learned graph (eq. 4) became NaN or infinite; lower lr" in err
     assert "epoch " in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("model", ["lattice", "micro", "mmgef", "freedom"])
+def test_knn_k_above_the_number_of_items_is_a_config_error(blocks, model):
+    # the block dataset has 30 items: knn_k=31 names the option and the bound; 30 still builds
+    with pytest.raises(ConfigError, match=r"knn_k=31 .* 30 items"):
+        build_model(resolve_config(model, {"embed_dim": "8", "knn_k": "31"}), blocks)
+    build_model(resolve_config(model, {"embed_dim": "8", "knn_k": "30"}), blocks)
