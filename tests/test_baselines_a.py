@@ -209,3 +209,14 @@ def test_freedom_trains_on_pruned_graphs_and_evaluates_on_the_full_one():
     torch.testing.assert_close(terms["align"], 0.5 * align)
     with pytest.raises(ConfigError, match="edge_dropout"):
         _freedom(feats, edge_dropout="1")
+
+
+@pytest.mark.parametrize("model", ["cb", "vbpr", "mmgcn", "mmgef"])
+def test_a_feature_model_on_a_dataset_without_features_says_it_needs_features(model):
+    """They said "this model needs item features or a precomputed item graph", but a precomputed
+    graph does not serve a model that reads feature matrices."""
+    from latticerec.errors import ConfigError
+    from latticerec.models.structure import feature_modalities
+
+    with pytest.raises(ConfigError, match=f"^{model} needs item feature matrices; the dataset has none"):
+        feature_modalities((), _inputs(TOY), model)

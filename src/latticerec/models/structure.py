@@ -72,14 +72,17 @@ def check_knn_k(k: int, n_items: int) -> None:
 
 
 def feature_modalities(wanted: tuple[str, ...], inputs: ModelInputs, model: str) -> list[str]:
-    """The modalities an early-fusing model (MM-GEF, CB) fuses: ``wanted`` (each must have
-    features) or every feature matrix."""
+    """The modalities a model that reads feature matrices (MM-GEF, CB, VBPR, MMGCN and its kin)
+    uses: ``wanted`` (each must have features) or every feature matrix."""
+    if not wanted and not inputs.features:  # before select_modalities, which would offer item graphs
+        raise ConfigError(f"{model} needs item feature matrices; the dataset has none (add "
+                          "<modality>_feat.npy)")
     names = select_modalities(wanted, inputs)
     if not wanted:
         names = [m for m in names if m in inputs.features]
     graph_only = [m for m in names if m not in inputs.features]
     if graph_only or not names:
-        raise ConfigError(f"{model} fuses item feature matrices; "
+        raise ConfigError(f"{model} needs item feature matrices; "
                           + (f"{', '.join(graph_only)} is a precomputed graph without features"
                              if graph_only else "the dataset has none (add <modality>_feat.npy)"))
     return names
