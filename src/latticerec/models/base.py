@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from latticerec.errors import ConfigError
 from latticerec.graphs.knn import knn_graph
 from latticerec.models.losses import bpr_loss, l2_regularizer, sampled_softmax_loss
 
@@ -41,6 +42,15 @@ class ModelInputs:
     # (features, k, backend=...) -> the normalised kNN graph of eq. 1-3 with neighbours found by
     # the model's knn_backend; the trainer passes a disk-cached one
     knn_graph: Callable[..., torch.Tensor] = knn_graph
+
+    def item_knn_graph(self, features: torch.Tensor, k: int, **kw) -> torch.Tensor:
+        """:attr:`knn_graph` of one item feature matrix, the path of every model's initial graph:
+        ``k`` (a model's ``knn_k``) is checked against the items first, a :class:`ConfigError`
+        naming the option (a graph keeps ``k`` neighbours per item, itself included)."""
+        if k > self.n_items:
+            raise ConfigError(f"knn_k={k} is more than the {self.n_items} items of the dataset: "
+                              f"give knn_k <= {self.n_items}")
+        return self.knn_graph(features, k, **kw)
 
 
 def pair_rows(table: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

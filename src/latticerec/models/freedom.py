@@ -45,7 +45,7 @@ from latticerec.models.backbones import GraphConfig, LightGCN
 from latticerec.models.base import ModelInputs
 from latticerec.models.losses import bpr_loss
 from latticerec.models.options import Modalities
-from latticerec.models.structure import check_knn_k, select_modalities
+from latticerec.models.structure import select_modalities
 
 
 @dataclass(frozen=True)
@@ -150,9 +150,7 @@ class Freedom(LightGCN):
             raise ConfigError(f"modality_weights has {len(weights)} weights for the {len(names)} "
                               f"modalities {', '.join(names)}")
         weights = [w / sum(weights) for w in weights]
-        if any(m in inputs.features for m in names):
-            check_knn_k(cfg.knn_k, inputs.n_items)
-        graphs = [unweighted_normalized(inputs.knn_graph(inputs.features[m], cfg.knn_k))
+        graphs = [unweighted_normalized(inputs.item_knn_graph(inputs.features[m], cfg.knn_k))
                   if m in inputs.features else inputs.item_graphs[m] for m in names]
         train = inputs.train.to_sparse_csr() if inputs.train.layout != torch.sparse_csr else inputs.train
         train = csr_from_parts(train.crow_indices(), train.col_indices(),

@@ -67,13 +67,7 @@ from latticerec.graphs.sparse import compact_indices, constant_spmm, transpose_c
 from latticerec.models.backbones import Backbone
 from latticerec.models.base import ModelInputs
 from latticerec.models.options import STRUCTURE_SPACE, FeatureFusion, Structure
-from latticerec.models.structure import (
-    LatentStructure,
-    StructureModel,
-    check_knn_k,
-    feature_modalities,
-    propagate_items,
-)
+from latticerec.models.structure import LatentStructure, StructureModel, feature_modalities, propagate_items
 
 FUSED = "fused"  # the name of the single early-fused "modality" inside LatentStructure
 
@@ -153,9 +147,8 @@ class MMGEF(StructureModel):
     def from_inputs(cls, cfg: MMGEFConfig, inputs: ModelInputs, backbone: Backbone) -> MMGEF:
         names = feature_modalities(cfg.modalities, inputs, "mmgef")
         fused = fuse_features({m: inputs.features[m] for m in names}, cfg.feature_fusion)
-        check_knn_k(cfg.knn_k, inputs.n_items)
         search = cfg.knn_search()
-        initial = {FUSED: inputs.knn_graph(fused, cfg.knn_k, backend=search)}
+        initial = {FUSED: inputs.item_knn_graph(fused, cfg.knn_k, backend=search)}
         structure = LatentStructure(initial, {FUSED: fused}, backbone.embed_dim, cfg.knn_k,
                                     cfg.lambda_coeff, search=search)
         cf = (cooccurrence_graph(inputs.train, cfg.cooc_topk, cfg.cooc_norm) if cfg.use_cf else None)

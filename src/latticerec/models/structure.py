@@ -64,13 +64,6 @@ def select_modalities(wanted: tuple[str, ...], inputs: ModelInputs) -> list[str]
     return chosen
 
 
-def check_knn_k(k: int, n_items: int) -> None:
-    """A kNN item graph keeps ``k`` neighbours per item, itself included: ``k`` at most the items."""
-    if k > n_items:
-        raise ConfigError(f"knn_k={k} is more than the {n_items} items of the dataset: "
-                          f"give knn_k <= {n_items}")
-
-
 def feature_modalities(wanted: tuple[str, ...], inputs: ModelInputs, model: str) -> list[str]:
     """The modalities a model that reads feature matrices (MM-GEF, CB, VBPR, MMGCN and its kin)
     uses: ``wanted`` (each must have features) or every feature matrix."""
@@ -352,10 +345,8 @@ def build_structure(cfg, inputs: ModelInputs, embed_dim: int) -> LatentStructure
     :class:`~latticerec.models.options.Structure` config (with :class:`FeatureAblations`); both
     kinds of kNN graph use its ``knn_backend``."""
     names = select_modalities(cfg.modalities, inputs)
-    if any(m in inputs.features for m in names):
-        check_knn_k(cfg.knn_k, inputs.n_items)
     search = cfg.knn_search()
-    initial = {m: inputs.knn_graph(inputs.features[m], cfg.knn_k, backend=search) if m in inputs.features
+    initial = {m: inputs.item_knn_graph(inputs.features[m], cfg.knn_k, backend=search) if m in inputs.features
                else inputs.item_graphs[m] for m in names}
     feats = {m: inputs.features[m] for m in names if m in inputs.features}
     return LatentStructure(initial, feats, embed_dim, cfg.knn_k, cfg.skip_lambda(),
